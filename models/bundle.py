@@ -1,0 +1,192 @@
+"""The model bundle: one self-describing folder per exported model.
+
+Layout::
+
+    BUNDLE/
+      distilserve.json   the manifest (this module's ``Manifest``)
+      model.onnx         the graph that is served (int8 unless exported with --quantize none)
+      tokenizer.json     a `tokenizers` fast tokenizer
+
+The manifest records what the runtime needs to serve the model without torch or transformers
+(task, labels, limits, ONNX input names, pooling), how it was made (source, quantization,
+library versions) and the proof that it still agrees with the original (parity results).
+It also holds the sha256 of every other file, so a changed byte is caught at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "distilserve.json"
+MODEL_NAME = "model.onnx"
+TOKENIZER_NAME = "tokenizer.json"
+
+Task = Literal["text-classification", "question-answering", "feature-extraction"]
+TASKS: tuple[Task, ...] = ("text-classification", "question-answering", "feature-extraction")
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+Pooling = Literal["mean", "cls"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuantizationInfo(_Strict):
+    """How the served graph was quantized. ``mode == "none"`` means the fp32 graph is served."""
+
+    mode: Literal["int8", "none"]
+    isa: str | None = None
+    per_channel: bool = False
+    weight_type: str | None = None
+    activation_type: str | None = None
+    reduce_range: bool = False
+    optimized_graph: bool = False
+
+
+class ParityCheck(_Strict):
+    """One comparison between two implementations of the model on sample inputs."""
+
+    reference: str
+    candidate: str
+    samples: int
+    metrics: dict[str, float]
+    thresholds: dict[str, float]
+    passed: bool
+
+
+class SourceInfo(_Strict):
+    """Where the model came from: a local folder or a hub id, and a hash of its weights."""
+
+    id: str
+    revision: str | None = None
+    sha256: str
+
+
+class Manifest(_Strict):
+    format_version: int
+    task: Task
+    model_type: str
+    labels: dict[int, str] = Field(default_factory=dict)
+    problem_type: ProblemType | None = None
+    max_length: int = Field(gt=1)
+    input_names: list[str]
+    output_names: list[str]
+    hidden_size: int | None = None
+    num_parameters: int | None = None
+    pooling: Pooling | None = None
+    normalize: bool = False
+    quantization: QuantizationInfo
+    parity: list[ParityCheck] = Field(default_factory=list)
+    source: SourceInfo
+    versions: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str]
+    created_at: str
+
+    @property
+    def uses_token_type_ids(self) -> bool:
+        return "token_type_ids" in self.input_names
+
+    def label_for(self, index: int) -> str:
+        return self.labels.get(index, f"LABEL_{index}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of each named file in ``folder`` (the manifest's ``files`` field)."""
+    return {name: sha256_file(folder / name) for name in sorted(names)}
+
+
+def read_manifest(bundle_dir: Path | str) -> Manifest:
+    """Read and validate the manifest alone, without hashing the other files."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(bundle_dir, "bundle folder does not exist")
+    manifest_path = bundle_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(manifest_path, "manifest is missing: this folder is not a distilserve bundle")
+    try:
+        raw: Any = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(manifest_path, f"manifest is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(manifest_path, "manifest is not a JSON object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            manifest_path,
+            f"unsupported bundle format version {version!r}; this distilserve reads version "
+            f"{FORMAT_VERSION}: re-export the model with this release",
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise BundleError(manifest_path, f"invalid manifest field {where!r}: {first['msg']}") from exc
+
+
+def load_manifest(bundle_dir: Path | str, *, verify_hashes: bool = True) -> Manifest:
+    """Read the manifest and check that every file it lists is present and unchanged."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for required in (MODEL_NAME, TOKENIZER_NAME):
+        if required not in manifest.files:
+            raise BundleError(bundle_dir / MANIFEST_NAME, f"manifest does not list {required}")
+    for name, expected in manifest.files.items():
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(path, "file listed in the manifest is missing")
+        if verify_hashes and sha256_file(path) != expected:
+            raise BundleError(path, "sha256 does not match the manifest: the file is corrupted or was changed")
+    return manifest
+
+
+@contextmanager
+def atomic_bundle_dir(output: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``output``; rename it to ``output`` only on success.
+
+    A failed or interrupted export removes the temporary folder, so ``output`` is either the
+    complete new bundle, or (with ``overwrite``) the previous one, or absent: never half-written.
+    """
+    output = Path(output).resolve()
+    if output.exists() and not overwrite:
+        raise BundleError(output, "output already exists; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield staging
+        if output.exists():
+            # Move the old bundle aside first so the swap leaves no window without a bundle
+            # that is worse than a missing one.
+            retired = output.with_name(f".{output.name}.old-{os.getpid()}")
+            os.replace(output, retired)
+            os.replace(staging, output)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,123 @@
+"""A loaded bundle, ready to score: tokenizer, ONNX session and task processor.
+
+This is the library API for offline batch scoring (no HTTP, no torch, no transformers)::
+
+    from models import load_model
+    model = load_model("bundles/minilm")
+    vectors = model.predict(["a sentence", "another one"])
+
+The server's dynamic batcher uses the same pieces: ``prepare`` per item, ``forward`` per batch,
+``finish`` per item.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.batching import EncodedRow, assemble_batch, plan_length_grouped_batches
+from models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
+from models.errors import BundleError
+from models.session import OnnxSession, SessionOptions
+from models.tasks import Prepared, TaskProcessor, processor_for
+from models.tokenization import ThreadSafeTokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+class ModelRuntime:
+    """Everything needed to run one bundle."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: Manifest,
+        session: OnnxSession,
+        tokenizer: ThreadSafeTokenizer,
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.session = session
+        self.tokenizer = tokenizer
+        self.processor: TaskProcessor[Any, Any, Any] = processor_for(manifest, tokenizer)
+        missing = [name for name in session.input_names if name not in manifest.input_names]
+        if missing:
+            raise BundleError(bundle_dir / MODEL_NAME, f"graph takes inputs {missing} the manifest does not list")
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    def prepare(self, item: Any, params: Any = None) -> Prepared:
+        return self.processor.prepare(item, self.processor.default_params() if params is None else params)
+
+    def forward(self, rows: Sequence[EncodedRow]) -> Sequence[Any]:
+        """Run one padded batch of rows; returns one output per row, in order."""
+        batch = assemble_batch(rows, self.tokenizer.pad_token_id)
+        outputs = self.session.run(batch.feed, self.manifest.output_names)
+        return self.processor.split_outputs(outputs, batch)
+
+    def finish(self, prepared: Prepared, row_outputs: Sequence[Any], params: Any = None) -> Any:
+        return self.processor.finish(
+            prepared, row_outputs, self.processor.default_params() if params is None else params
+        )
+
+    def predict(
+        self,
+        items: Sequence[Any],
+        params: Any = None,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> list[Any]:
+        """Score many items offline, in length-grouped batches; results come back in input order."""
+        params = self.processor.default_params() if params is None else params
+        prepared = [self.processor.prepare(item, params) for item in items]
+        rows: list[EncodedRow] = []
+        owners: list[int] = []
+        for item_index, item in enumerate(prepared):
+            rows.extend(item.rows)
+            owners.extend([item_index] * len(item.rows))
+        row_outputs: list[Any] = [None] * len(rows)
+        plan = plan_length_grouped_batches(
+            [len(row) for row in rows], max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens
+        )
+        for batch_indices in plan:
+            outputs = self.forward([rows[index] for index in batch_indices])
+            for index, output in zip(batch_indices, outputs, strict=True):
+                row_outputs[index] = output
+        per_item: list[list[Any]] = [[] for _ in prepared]
+        for owner, output in zip(owners, row_outputs, strict=True):
+            per_item[owner].append(output)
+        return [
+            self.processor.finish(item, outputs, params) for item, outputs in zip(prepared, per_item, strict=True)
+        ]
+
+
+def load_model(
+    bundle_dir: Path | str,
+    session_options: SessionOptions = SessionOptions(),
+    *,
+    verify_hashes: bool = True,
+) -> ModelRuntime:
+    """Load and verify a bundle. Raises ``BundleError`` naming the file and the problem."""
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir, verify_hashes=verify_hashes)
+    try:
+        tokenizer = ThreadSafeTokenizer.from_file(bundle_dir / TOKENIZER_NAME)
+    except Exception as exc:  # tokenizers raises plain Exception subclasses for bad JSON
+        raise BundleError(bundle_dir / TOKENIZER_NAME, f"cannot load tokenizer ({exc})") from exc
+    try:
+        session = OnnxSession(bundle_dir / MODEL_NAME, session_options)
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        raise BundleError(bundle_dir / MODEL_NAME, f"cannot load ONNX model ({exc})") from exc
+    logger.info(
+        "model loaded",
+        extra={"bundle": str(bundle_dir), "task": manifest.task, "quantization": manifest.quantization.mode},
+    )
+    return ModelRuntime(bundle_dir, manifest, session, tokenizer)
