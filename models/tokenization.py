@@ -9,11 +9,15 @@ setting, built once from the bundle's ``tokenizer.json`` and never changed after
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from tokenizers import Encoding, Tokenizer
+
+# Tokenizer copies kept per thread (one per truncation setting in use).
+MAX_CACHED_SETTINGS = 8
 
 TruncationStrategy = Literal["longest_first", "only_first", "only_second"]
 
@@ -45,12 +49,18 @@ class ThreadSafeTokenizer:
         return cls(Path(path).read_text(encoding="utf-8"))
 
     def _tokenizer(self, truncation: TruncationConfig) -> Tokenizer:
-        cache: dict[TruncationConfig, Tokenizer] | None = getattr(self._local, "by_config", None)
+        cache: OrderedDict[TruncationConfig, Tokenizer] | None = getattr(self._local, "by_config", None)
         if cache is None:
-            cache = {}
+            cache = OrderedDict()
             self._local.by_config = cache
         tokenizer = cache.get(truncation)
-        if tokenizer is None:
+        if tokenizer is not None:
+            cache.move_to_end(truncation)
+        else:
+            # Clients choose some settings (a QA doc_stride), so the cache is bounded: the least
+            # recently used copy goes when a new one would exceed the limit.
+            if len(cache) >= MAX_CACHED_SETTINGS:
+                cache.popitem(last=False)
             tokenizer = Tokenizer.from_str(self._definition)
             tokenizer.no_padding()
             if truncation.max_length is None:
@@ -72,9 +82,12 @@ class ThreadSafeTokenizer:
         """Encode one text (or a pair) with special tokens. Overflow, if any, is in ``.overflowing``."""
         return self._tokenizer(truncation).encode(text, pair, add_special_tokens=True)
 
-    def encode_batch(self, texts: list[str], *, truncation: TruncationConfig = TruncationConfig()) -> list[Encoding]:
+    def encode_batch(
+        self, texts: list[str], *, truncation: TruncationConfig = TruncationConfig()
+    ) -> list[Encoding]:
         """Encode many single texts at once (uses the tokenizer's own Rust thread pool)."""
-        return self._tokenizer(truncation).encode_batch(texts, add_special_tokens=True)
+        encodings: list[Encoding] = self._tokenizer(truncation).encode_batch(texts, add_special_tokens=True)
+        return encodings
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens, special tokens included, with no truncation."""
