@@ -54,6 +54,10 @@ class QuantizationInfo(_Strict):
     activation_type: str | None = None
     reduce_range: bool = False
     optimized_graph: bool = False
+    # Sizes of the served graph and of the fp32 graph it was made from (which an int8 bundle
+    # does not contain): the export's evidence that int8 shrank the model.
+    model_bytes: int | None = None
+    fp32_bytes: int | None = None
 
 
 class ParityCheck(_Strict):
@@ -160,7 +164,9 @@ def load_manifest(bundle_dir: Path | str, *, verify_hashes: bool = True) -> Mani
         if not path.is_file():
             raise BundleError(path, "file listed in the manifest is missing")
         if verify_hashes and sha256_file(path) != expected:
-            raise BundleError(path, "sha256 does not match the manifest: the file is corrupted or was changed")
+            raise BundleError(
+                path, "sha256 does not match the manifest: the file is corrupted or was changed"
+            )
     return manifest
 
 

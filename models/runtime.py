@@ -47,7 +47,9 @@ class ModelRuntime:
         self.processor: TaskProcessor[Any, Any, Any] = processor_for(manifest, tokenizer)
         missing = [name for name in session.input_names if name not in manifest.input_names]
         if missing:
-            raise BundleError(bundle_dir / MODEL_NAME, f"graph takes inputs {missing} the manifest does not list")
+            raise BundleError(
+                bundle_dir / MODEL_NAME, f"graph takes inputs {missing} the manifest does not list"
+            )
 
     @property
     def task(self) -> str:
@@ -95,13 +97,14 @@ class ModelRuntime:
         for owner, output in zip(owners, row_outputs, strict=True):
             per_item[owner].append(output)
         return [
-            self.processor.finish(item, outputs, params) for item, outputs in zip(prepared, per_item, strict=True)
+            self.processor.finish(item, outputs, params)
+            for item, outputs in zip(prepared, per_item, strict=True)
         ]
 
 
 def load_model(
     bundle_dir: Path | str,
-    session_options: SessionOptions = SessionOptions(),
+    session_options: SessionOptions | None = None,
     *,
     verify_hashes: bool = True,
 ) -> ModelRuntime:
@@ -113,7 +116,7 @@ def load_model(
     except Exception as exc:  # tokenizers raises plain Exception subclasses for bad JSON
         raise BundleError(bundle_dir / TOKENIZER_NAME, f"cannot load tokenizer ({exc})") from exc
     try:
-        session = OnnxSession(bundle_dir / MODEL_NAME, session_options)
+        session = OnnxSession(bundle_dir / MODEL_NAME, session_options or SessionOptions())
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         raise BundleError(bundle_dir / MODEL_NAME, f"cannot load ONNX model ({exc})") from exc
     logger.info(

@@ -63,7 +63,9 @@ class OnnxSession:
             extra={"model_path": str(self.model_path), "intra_op_threads": options.intra_op_threads},
         )
 
-    def run(self, feed: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feed: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run the graph. Only the inputs the graph declares are passed on."""
         names = output_names or self.output_names
         inputs = {name: feed[name] for name in self.input_names}

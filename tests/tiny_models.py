@@ -16,14 +16,50 @@ from typing import Literal
 Arch = Literal["distilbert", "bert"]
 TinyTask = Literal["text-classification", "question-answering", "feature-extraction"]
 
-SUBJECTS = ["the film", "this movie", "the actor", "our hotel", "the service", "my order", "the plot",
-            "the soundtrack", "a waiter", "the battery", "this phone", "the flight", "the teacher"]
+SUBJECTS = [
+    "the film",
+    "this movie",
+    "the actor",
+    "our hotel",
+    "the service",
+    "my order",
+    "the plot",
+    "the soundtrack",
+    "a waiter",
+    "the battery",
+    "this phone",
+    "the flight",
+    "the teacher",
+]
 VERBS = ["was", "is", "seemed", "felt", "became", "remained", "looked"]
-ADJECTIVES = ["wonderful", "terrible", "boring", "brilliant", "slow", "delightful", "awful", "charming",
-              "unbearable", "excellent", "mediocre", "surprising", "forgettable", "moving"]
-TAILS = ["from start to finish", "for most of the evening", "despite the hype", "and i loved it",
-         "but the ending failed", "according to everyone", "in every scene", "at the airport in paris",
-         "when it rained on tuesday", "after 45 minutes"]
+ADJECTIVES = [
+    "wonderful",
+    "terrible",
+    "boring",
+    "brilliant",
+    "slow",
+    "delightful",
+    "awful",
+    "charming",
+    "unbearable",
+    "excellent",
+    "mediocre",
+    "surprising",
+    "forgettable",
+    "moving",
+]
+TAILS = [
+    "from start to finish",
+    "for most of the evening",
+    "despite the hype",
+    "and i loved it",
+    "but the ending failed",
+    "according to everyone",
+    "in every scene",
+    "at the airport in paris",
+    "when it rained on tuesday",
+    "after 45 minutes",
+]
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 POSITIVE = {"wonderful", "brilliant", "delightful", "charming", "excellent", "moving"}
 NEGATIVE = {"terrible", "boring", "slow", "awful", "unbearable", "forgettable"}
@@ -105,8 +141,9 @@ def build_checkpoint(folder: Path, arch: Arch, task: TinyTask, *, seed: int = 0)
     if arch == "distilbert":
         config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
     else:
-        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, **common)
+        config = BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common
+        )
     factory = {
         "text-classification": AutoModelForSequenceClassification,
         "question-answering": AutoModelForQuestionAnswering,

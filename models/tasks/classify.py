@@ -92,6 +92,8 @@ class ClassifyProcessor(TaskProcessor[str, ClassifyParams, list[LabelScore]]):
         if params.top_k is not None:
             order = order[: max(params.top_k, 0)]
         return [
-            LabelScore(label=self.manifest.label_for(int(index)), score=float(scores[index]), index=int(index))
+            LabelScore(
+                label=self.manifest.label_for(int(index)), score=float(scores[index]), index=int(index)
+            )
             for index in order
         ]

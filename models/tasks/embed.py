@@ -51,7 +51,9 @@ class EmbedProcessor(TaskProcessor[str, EmbedParams, np.ndarray]):
         pooled = pool(hidden, batch.attention_mask, self.manifest.pooling or "mean")
         return list(pooled)
 
-    def finish(self, prepared: Prepared, row_outputs: Sequence[np.ndarray], params: EmbedParams) -> np.ndarray:
+    def finish(
+        self, prepared: Prepared, row_outputs: Sequence[np.ndarray], params: EmbedParams
+    ) -> np.ndarray:
         (vector,) = row_outputs
         normalize = self.manifest.normalize if params.normalize is None else params.normalize
         return l2_normalize(vector) if normalize else vector

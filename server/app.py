@@ -1,0 +1,100 @@
+"""The FastAPI app, built from a list of routers (one per capability) and the server state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.responses import Response
+
+from models import SessionOptions
+from server.batching import BatchPolicy
+from server.classify.api_router import router as classify_router
+from server.embed.api_router import router as embed_router
+from server.errors import install_error_handlers
+from server.inference import ClientDisconnectedError, ServerState
+from server.metrics import ServerMetrics
+from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from server.qa.api_router import router as qa_router
+from server.registry import ModelRegistry
+from server.service.api_router import health_router, info_router, metrics_router
+from server.settings import ModelSpec, ServerSettings
+
+logger = logging.getLogger(__name__)
+
+ROUTERS: tuple[APIRouter, ...] = (
+    classify_router,
+    qa_router,
+    embed_router,
+    info_router,
+    health_router,
+    metrics_router,
+)
+
+
+def session_options(settings: ServerSettings) -> SessionOptions:
+    return SessionOptions(intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+
+
+def build_app(
+    settings: ServerSettings, specs: Sequence[ModelSpec], routers: Sequence[APIRouter] = ROUTERS
+) -> FastAPI:
+    """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
+    metrics = ServerMetrics()
+    policy = BatchPolicy(
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_tokens=settings.max_queue_tokens,
+    )
+    registry = ModelRegistry(
+        specs,
+        policy=policy,
+        session_options=session_options(settings),
+        metrics=metrics,
+        warmup=settings.warmup,
+    )
+    state = ServerState(settings, registry, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await registry.start()
+        logger.info("server ready", extra={"models": sorted(registry.models)})
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and drained admitted requests by the time we get here.
+            await registry.stop()
+            state.close()
+            logger.info("server stopped")
+
+    app = FastAPI(
+        title="distilserve",
+        summary="Low-latency inference for distilled transformer models: classification, QA, embeddings.",
+        version=_package_version(),
+        lifespan=lifespan,
+    )
+    app.state.distilserve = state
+    for router in routers:
+        app.include_router(router)
+    install_error_handlers(app)
+
+    @app.exception_handler(ClientDisconnectedError)
+    async def _client_left(request: object, exc: ClientDisconnectedError) -> Response:
+        # Nobody is listening; 499 (nginx's "client closed request") only shows in logs and metrics.
+        return Response(status_code=499)
+
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
+    return app
+
+
+def _package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("distilserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"

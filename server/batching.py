@@ -1,0 +1,327 @@
+"""The dynamic batcher: one queue and one scheduler per model, shared by every task.
+
+Requests arrive as *jobs*: the model rows of one request (one per text, several for a long QA
+context). Rows wait in a queue; the scheduler forms a batch around the oldest waiting row
+(so nothing starves) and fills it with the rows closest to it in length, under
+``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, so padding stays small. A job
+completes when all of its rows have been computed, whatever batches they landed in.
+
+The batch runs on a dedicated inference thread, one per model: ONNX Runtime parallelises inside
+a batch with its own intra-op threads, so running two batches of one model at once would only
+make them fight over the cores. While a batch runs, new requests gather in the queue, which is
+what makes batches grow under load without any waiting. The scheduler waits (up to
+``max_wait_ms``) only when a batch would be under-filled *and* more requests are already being
+tokenized for this model; an idle server answers a lone request at once.
+
+Rows of jobs whose deadline passed, or whose client left, are dropped before they are batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from models.batching import EncodedRow
+from server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+ForwardFn = Callable[[Sequence[EncodedRow]], Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_wait_ms: float = 2.0
+    max_queue_tokens: int = 262144
+
+
+class QueueFullError(Exception):
+    """The model's queue holds its token budget; the client should retry later."""
+
+    def __init__(self, model: str, queued_tokens: int, limit: int) -> None:
+        self.model = model
+        super().__init__(
+            f"model {model!r} is at capacity ({queued_tokens} tokens queued, limit {limit}); retry later"
+        )
+
+
+class DeadlineExceededError(Exception):
+    """The request's deadline passed before its result was ready."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+class InferenceFailedError(Exception):
+    """ONNX Runtime raised while running a batch that held this request's rows."""
+
+
+class Job:
+    """The rows of one request for one model; ``future`` resolves to their outputs, in order."""
+
+    __slots__ = (
+        "cancelled",
+        "deadline",
+        "enqueued_at",
+        "future",
+        "outputs",
+        "remaining",
+        "started",
+        "tokens",
+    )
+
+    def __init__(
+        self, num_rows: int, tokens: int, deadline: float, future: asyncio.Future[list[Any]]
+    ) -> None:
+        self.outputs: list[Any] = [None] * num_rows
+        self.remaining = num_rows
+        self.tokens = tokens
+        self.deadline = deadline
+        self.future = future
+        self.enqueued_at = time.monotonic()
+        self.started = False
+        self.cancelled = False
+
+    @property
+    def finished(self) -> bool:
+        return self.cancelled or self.future.done()
+
+
+@dataclass(slots=True)
+class QueuedRow:
+    row: EncodedRow
+    length: int
+    job: Job
+    position: int
+
+
+class DynamicBatcher:
+    def __init__(self, model: str, forward: ForwardFn, policy: BatchPolicy, metrics: ServerMetrics) -> None:
+        self.model = model
+        self.policy = policy
+        self.forward = forward
+        self._metrics = metrics
+        self._queue: list[QueuedRow] = []  # arrival order; the head is the oldest row
+        self._queued_tokens = 0
+        self._incoming = 0  # requests being tokenized for this model right now
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{model}")
+        self._scheduler: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches_run = 0
+        self.rows_run = 0
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = asyncio.get_running_loop().create_task(
+                self._schedule(), name=f"batcher-{self.model}"
+            )
+
+    async def stop(self) -> None:
+        """Refuse new work, fail what is still queued, and wait for the running batch."""
+        self._closing = True
+        self._wakeup.set()
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+            self._scheduler = None
+        for queued in self._queue:
+            if not queued.job.finished:
+                queued.job.future.set_exception(BatcherClosedError("server is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    # Submission ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce a request that is being tokenized, so an under-filled batch may wait for it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._wakeup.set()
+
+    @property
+    def queued_rows(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    async def run_rows(self, rows: Sequence[EncodedRow], deadline: float) -> list[Any]:
+        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``time.monotonic()``.
+
+        Raises QueueFullError (nothing queued), DeadlineExceededError, BatcherClosedError or
+        InferenceFailedError. If the calling task is cancelled (the client left), the rows that
+        have not started are dropped.
+        """
+        if self._closing:
+            raise BatcherClosedError("server is shutting down")
+        tokens = sum(len(row) for row in rows)
+        if self._queued_tokens and self._queued_tokens + tokens > self.policy.max_queue_tokens:
+            self._metrics.rejected.labels(self.model, "queue_tokens").inc()
+            raise QueueFullError(self.model, self._queued_tokens, self.policy.max_queue_tokens)
+        job = Job(len(rows), tokens, deadline, asyncio.get_running_loop().create_future())
+        if not rows:
+            return []
+        self._queue.extend(QueuedRow(row, len(row), job, index) for index, row in enumerate(rows))
+        self._queued_tokens += tokens
+        self._update_depth()
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(job.future, timeout=max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            self._abandon(job)
+            raise DeadlineExceededError(
+                f"deadline passed after {time.monotonic() - job.enqueued_at:.3f}s"
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+
+    def _abandon(self, job: Job) -> None:
+        """Mark a job dead; the scheduler drops its unstarted rows instead of computing them."""
+        job.cancelled = True
+        self._wakeup.set()
+
+    # Scheduling ------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            self._drop_dead_rows()
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            wait_s = self._underfilled_wait()
+            if wait_s > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+                continue
+            batch = self._take_batch()
+            await self._run_batch(loop, batch)
+
+    def _underfilled_wait(self) -> float:
+        """Seconds worth waiting for more rows before running a batch; 0 to run now."""
+        if self._incoming == 0 or self.policy.max_wait_ms <= 0:
+            return 0.0
+        if (
+            len(self._queue) >= self.policy.max_batch_size
+            or self._queued_tokens >= self.policy.max_batch_tokens
+        ):
+            return 0.0
+        waited = time.monotonic() - self._queue[0].job.enqueued_at
+        return max(self.policy.max_wait_ms / 1000.0 - waited, 0.0)
+
+    def _drop_dead_rows(self) -> None:
+        now = time.monotonic()
+        kept: list[QueuedRow] = []
+        dropped = 0
+        for queued in self._queue:
+            job = queued.job
+            if not job.finished and now >= job.deadline:
+                # The waiting handler raises the 504; failing the future here frees it at once.
+                job.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+            if job.finished:
+                dropped += 1
+                self._queued_tokens -= queued.length
+            else:
+                kept.append(queued)
+        if dropped:
+            self._queue = kept
+            self._metrics.skipped_rows.labels(self.model).inc(dropped)
+            self._update_depth()
+
+    def _take_batch(self) -> list[QueuedRow]:
+        """The oldest row plus the rows nearest to it in length, within the batch limits."""
+        policy = self.policy
+        anchor = self._queue[0]
+        by_length = sorted(self._queue, key=lambda queued: queued.length)
+        position = next(index for index, queued in enumerate(by_length) if queued is anchor)
+        chosen = [anchor]
+        longest = anchor.length
+        below, above = position - 1, position + 1
+        while len(chosen) < policy.max_batch_size:
+            # Padding each candidate adds: a shorter row pads itself up to the longest; a longer
+            # row pads every row already chosen up to its own length.
+            waste_below = longest - by_length[below].length if below >= 0 else None
+            waste_above = (
+                len(chosen) * (by_length[above].length - longest) if above < len(by_length) else None
+            )
+            if waste_below is None and waste_above is None:
+                break
+            take_below = waste_above is None or (waste_below is not None and waste_below <= waste_above)
+            candidate = by_length[below] if take_below else by_length[above]
+            new_longest = max(longest, candidate.length)
+            if (len(chosen) + 1) * new_longest > policy.max_batch_tokens:
+                if take_below or waste_below is None:
+                    break
+                # A longer row does not fit, but shorter ones still might.
+                above = len(by_length)
+                continue
+            chosen.append(candidate)
+            longest = new_longest
+            if take_below:
+                below -= 1
+            else:
+                above += 1
+        taken = {id(queued) for queued in chosen}
+        self._queue = [queued for queued in self._queue if id(queued) not in taken]
+        self._queued_tokens -= sum(queued.length for queued in chosen)
+        self._update_depth()
+        return chosen
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[QueuedRow]) -> None:
+        now = time.monotonic()
+        for queued in batch:
+            if not queued.job.started:
+                queued.job.started = True
+                self._metrics.queue_wait.labels(self.model).observe(now - queued.job.enqueued_at)
+        lengths = [queued.length for queued in batch]
+        padded = len(batch) * max(lengths)
+        self._metrics.batch_size.labels(self.model).observe(len(batch))
+        self._metrics.batch_tokens.labels(self.model).observe(padded)
+        self._metrics.padding_ratio.labels(self.model).observe(1.0 - sum(lengths) / padded)
+        rows = [queued.row for queued in batch]
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.forward, rows)
+        except Exception as exc:
+            logger.exception("batch failed", extra={"model": self.model, "rows": len(batch)})
+            for queued in batch:
+                if not queued.job.finished:
+                    queued.job.future.set_exception(InferenceFailedError(f"inference failed: {exc}"))
+            return
+        finally:
+            self._metrics.inference.labels(self.model).observe(time.perf_counter() - started)
+        self.batches_run += 1
+        self.rows_run += len(batch)
+        for queued, output in zip(batch, outputs, strict=True):
+            job = queued.job
+            if job.finished:
+                continue
+            job.outputs[queued.position] = output
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.future.set_result(job.outputs)
+
+    def _update_depth(self) -> None:
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._metrics.queue_tokens.labels(self.model).set(self._queued_tokens)

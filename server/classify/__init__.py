@@ -1,0 +1,1 @@
+"""Sequence classification: ``POST /v1/classify`` and the TEI-compatible ``POST /predict``."""

@@ -1,0 +1,57 @@
+"""Classification request and response schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from server.common_protocol import Usage
+
+TextOrTexts = Annotated[StrictStr | Annotated[list[StrictStr], Field(min_length=1)], Field()]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"input": ["A gripping, beautifully shot film.", "Dull."], "top_k": 2}},
+    )
+
+    model: str | None = Field(
+        None, description="model name; optional when one classification model is served"
+    )
+    input: TextOrTexts = Field(description="one text or a list of texts")
+    top_k: int | None = Field(1, ge=1, description="labels per text, best first; null for all")
+    raw_scores: bool = Field(False, description="return logits instead of probabilities")
+    truncate: bool = Field(True, description="cut texts longer than the model's limit instead of failing")
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    score: float
+
+
+class Classification(BaseModel):
+    index: int
+    label: str = Field(description="the best label")
+    score: float
+    labels: list[LabelScoreOut] = Field(description="the top_k labels, best first")
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Classification]
+    usage: Usage
+
+
+class PredictRequest(BaseModel):
+    """TEI's ``/predict``: every label comes back, best first, unless ``top_k`` says otherwise."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"inputs": "I like you."}})
+
+    inputs: TextOrTexts
+    raw_scores: bool = False
+    truncate: bool = False
+    top_k: int | None = Field(None, ge=1)
+    model: str | None = None

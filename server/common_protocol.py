@@ -1,0 +1,52 @@
+"""Schemas shared by several capabilities."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Usage(BaseModel):
+    """Token counts, as OpenAI reports them (special tokens included)."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "error": {
+                    "message": "input[1]: input text is empty",
+                    "type": "invalid_request_error",
+                    "code": "invalid_input",
+                    "param": "input[1]",
+                }
+            }
+        }
+    )
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "missing or wrong API key",
+        404: "unknown model",
+        413: "too many items, or an item too large",
+        422: "invalid input: wrong types, empty text, too long with truncation off",
+        429: "queue full; retry after the Retry-After header",
+        503: "not ready, or shutting down",
+        504: "deadline (X-Request-Timeout) exceeded",
+    }.items()
+}

@@ -1,0 +1,1 @@
+"""Sentence embeddings: OpenAI-compatible ``POST /v1/embeddings`` and TEI-compatible ``POST /embed``."""

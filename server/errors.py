@@ -1,0 +1,129 @@
+"""Every error leaves as JSON in one shape, the OpenAI one (which its clients parse)::
+
+    {"error": {"message": "...", "type": "invalid_request_error",
+               "code": "input_too_long", "param": "input[2]"}}
+
+Model-side errors carry no HTTP status; this module decides them, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import BundleError, InputError, InputTooLongError
+from server.responses import OrjsonResponse
+
+logger = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "client_closed_request",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, raised anywhere in the server and rendered by the handler."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers
+        super().__init__(message)
+
+
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(status, "server_error"),
+            "code": code,
+            "param": param,
+        }
+    }
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> OrjsonResponse:
+    return OrjsonResponse(error_body(status, message, code, param), status_code=status, headers=headers)
+
+
+def input_error_to_api(error: InputError) -> ApiError:
+    code = "input_too_long" if isinstance(error, InputTooLongError) else "invalid_input"
+    return ApiError(422, str(error), code=code, param=error.param)
+
+
+def _describe_validation_error(error: RequestValidationError) -> tuple[str, str | None]:
+    problems = error.errors()
+    if not problems:
+        return "invalid request", None
+    first = problems[0]
+    # Drop the leading "body" so params read like the JSON the client sent: input[2], parameters.top_k.
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return message, param or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> OrjsonResponse:
+        return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> OrjsonResponse:
+        api = input_error_to_api(exc)
+        return error_response(api.status, api.message, code=api.code, param=api.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> OrjsonResponse:
+        message, param = _describe_validation_error(exc)
+        return error_response(422, message, code="invalid_request", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, str(exc.detail), code=None, headers=headers)
+
+    @app.exception_handler(BundleError)
+    async def _bundle_error(request: Request, exc: BundleError) -> OrjsonResponse:
+        return error_response(503, str(exc), code="model_unavailable")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
+        logger.exception("unhandled error", extra={"path": request.url.path})
+        return error_response(500, "internal server error; see the server log", code="internal_error")

@@ -1,0 +1,62 @@
+"""``distilserve serve``: resolve the models, build the app, run uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from server.app import build_app
+from server.settings import ModelSpec, ServerSettings
+
+__all__ = ["ServerSettings", "default_model_specs", "run"]
+
+logger = logging.getLogger(__name__)
+
+# Shipped with the repository (see model-zoo/), so a fresh clone classifies sentiment at once.
+MODEL_ZOO = Path(__file__).resolve().parent.parent / "model-zoo"
+DEFAULT_ZOO_MODELS = {"sst2-sentiment": "sst2-minilm-l3-int8"}
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+
+
+def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
+    """The models served when none is named: the embedding default (built on first use) and the
+    shipped sentiment classifier."""
+    specs = []
+    for name, folder in DEFAULT_ZOO_MODELS.items():
+        if (MODEL_ZOO / folder / "distilserve.json").is_file():
+            specs.append(ModelSpec(name, MODEL_ZOO / folder))
+    from models.export.default_model import default_bundle_dir, ensure_default_bundle
+
+    bundle = default_bundle_dir(settings.cache_dir)
+    if settings.build_default:
+        # Exports MiniLM once (about a minute, with progress in the log); later starts reuse it.
+        bundle = ensure_default_bundle(settings.cache_dir)
+    if (bundle / "distilserve.json").is_file():
+        specs.append(ModelSpec(DEFAULT_MODEL_NAME, bundle))
+    return specs
+
+
+def run(settings: ServerSettings) -> int:
+    specs = settings.model_specs or default_model_specs(settings)
+    if not specs:
+        logger.error("no model to serve: pass --model NAME=BUNDLE_DIR (or allow --build-default)")
+        return 2
+    app = build_app(settings, specs)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,  # keep the structured logging the CLI configured
+        access_log=False,  # RequestMetricsMiddleware logs requests, when asked to
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn handles SIGTERM and SIGINT: stop accepting, finish admitted requests, then run the
+    # lifespan's shutdown (which stops the batchers).
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,143 @@
+"""Prometheus metrics, all named ``distilserve_*``.
+
+Each app owns its own ``CollectorRegistry`` (not the process-global one), so several apps in
+one process (tests, or a library user embedding the server) never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512)
+BATCH_TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "distilserve_requests",
+            "Requests answered, by model, route and HTTP status.",
+            ["model", "route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "distilserve_request_duration_seconds",
+            "Time from receiving a request to answering it.",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "distilserve_queue_wait_seconds",
+            "Time a request's rows waited in the queue before their first batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokenization = Histogram(
+            "distilserve_tokenization_seconds",
+            "Time to tokenize one request.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "distilserve_inference_seconds",
+            "Time ONNX Runtime spent on one batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "distilserve_queue_depth",
+            "Rows waiting for a batch.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_tokens = Gauge(
+            "distilserve_queue_tokens",
+            "Tokens admitted and not yet computed.",
+            ["model"],
+            registry=r,
+        )
+        self.inflight_requests = Gauge(
+            "distilserve_inflight_requests",
+            "Requests admitted and not yet answered.",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "distilserve_batch_size",
+            "Rows per model batch.",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "distilserve_batch_tokens",
+            "Padded tokens (rows x longest row) per model batch.",
+            ["model"],
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "distilserve_padding_ratio",
+            "Share of a batch's padded tokens that are padding.",
+            ["model"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "distilserve_rejected_requests",
+            "Requests refused with 429 because the queue was full.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.timed_out = Counter(
+            "distilserve_timed_out_requests",
+            "Requests whose deadline expired before their result (504).",
+            ["model"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "distilserve_cancelled_requests",
+            "Requests dropped because the client disconnected.",
+            ["model"],
+            registry=r,
+        )
+        self.skipped_rows = Counter(
+            "distilserve_skipped_rows",
+            "Queued rows never computed because their request expired or left.",
+            ["model"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "distilserve_model_info",
+            "Served models (value 1), with their task and quantization.",
+            ["model", "task", "quantization"],
+            registry=r,
+        )

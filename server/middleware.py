@@ -1,0 +1,121 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and breaks disconnect detection).
+
+- ``BodyLimitMiddleware`` answers 413 for bodies over the limit, by Content-Length or while
+  streaming, before any of it is parsed.
+- ``RequestMetricsMiddleware`` counts every answer by model, route and status, and times it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_body
+from server.metrics import ServerMetrics
+
+logger = logging.getLogger("distilserve.access")
+
+
+async def _send_error(send: Send, status: int, message: str, code: str) -> None:
+    body = orjson.dumps(error_body(status, message, code))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        message_text = f"request body is larger than the limit of {limit} bytes"
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await _send_error(send, 413, message_text, "body_too_large")
+                    return
+        received = 0
+        rejected = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, rejected
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit and not rejected:
+                    rejected = True
+                    await _send_error(send, 413, message_text, "body_too_large")
+                    # The app sees the client leave, so it stops; its own answer is dropped below.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+class RequestMetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, *, access_log: bool = False) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route: Any = scope.get("route")
+        # Label by route template, never by raw path: unknown paths would grow label sets forever.
+        route_label = getattr(route, "path", None) or "unmatched"
+        context = scope.get("state", {}).get("context")
+        model = getattr(context, "model", "") or ""
+        self.metrics.requests.labels(model, route_label, str(status)).inc()
+        self.metrics.request_latency.labels(model, route_label).observe(elapsed)
+        if self.access_log:
+            logger.info(
+                "request",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "route": route_label,
+                    "model": model,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "tokens": getattr(context, "tokens", 0),
+                },
+            )

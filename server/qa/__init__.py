@@ -1,0 +1,1 @@
+"""Extractive question answering: ``POST /v1/answer`` in the Hugging Face inference shape."""

@@ -1,0 +1,135 @@
+"""The models a server process serves: loading, warm-up, lookup by name and task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models import ModelRuntime, SessionOptions, load_model
+from models.bundle import Task
+from server.batching import BatchPolicy, DynamicBatcher
+from server.errors import ApiError
+from server.metrics import ServerMetrics
+from server.settings import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+# A short sentence per task, run once per model before the server reports ready, so the first
+# real request does not pay for ONNX Runtime's lazy initialisation.
+WARMUP_TEXT = "Warm-up sentence for the model."
+
+
+@dataclass(slots=True)
+class ServedModel:
+    name: str
+    runtime: ModelRuntime
+    batcher: DynamicBatcher
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def task(self) -> Task:
+        return self.runtime.manifest.task
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        specs: Sequence[ModelSpec],
+        *,
+        policy: BatchPolicy,
+        session_options: SessionOptions,
+        metrics: ServerMetrics,
+        warmup: bool = True,
+    ) -> None:
+        self.specs = list(specs)
+        self.policy = policy
+        self.session_options = session_options
+        self.metrics = metrics
+        self.warmup = warmup
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+
+    async def start(self) -> None:
+        """Load every bundle (off the loop), start its batcher and warm it up."""
+        loop = asyncio.get_running_loop()
+        for spec in self.specs:
+            started = time.perf_counter()
+            runtime = await loop.run_in_executor(None, load_model, spec.bundle_dir, self.session_options)
+            batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.metrics)
+            batcher.start()
+            served = ServedModel(spec.name, runtime, batcher)
+            self.models[spec.name] = served
+            manifest = runtime.manifest
+            self.metrics.model_info.labels(spec.name, manifest.task, manifest.quantization.mode).set(1)
+            if self.warmup:
+                await self._warm_up(served)
+            logger.info(
+                "model ready",
+                extra={
+                    "model": spec.name,
+                    "task": manifest.task,
+                    "bundle": str(spec.bundle_dir),
+                    "quantization": manifest.quantization.mode,
+                    "load_s": round(time.perf_counter() - started, 3),
+                },
+            )
+        self.ready = True
+
+    async def _warm_up(self, served: ServedModel) -> None:
+        item: Any = WARMUP_TEXT
+        if served.task == "question-answering":
+            from models.tasks.qa import QAInput
+
+            item = QAInput(question="What is this?", context=WARMUP_TEXT)
+        prepared = served.runtime.prepare(item)
+        await served.batcher.run_rows(prepared.rows, deadline=time.monotonic() + 60.0)
+
+    async def stop(self) -> None:
+        self.ready = False
+        for served in self.models.values():
+            await served.batcher.stop()
+
+    def tasks(self) -> set[Task]:
+        return {served.task for served in self.models.values()}
+
+    def resolve(self, name: str | None, task: Task) -> ServedModel:
+        """The model a request names, or the only model of ``task`` when it names none."""
+        if name:
+            served = self.models.get(name)
+            if served is None:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise ApiError(
+                    404,
+                    f"model {name!r} is not served here (served: {known})",
+                    code="model_not_found",
+                    param="model",
+                )
+            if served.task != task:
+                raise ApiError(
+                    400,
+                    f"model {name!r} serves {served.task}, not {task}",
+                    code="wrong_task",
+                    param="model",
+                )
+            return served
+        candidates = [served for served in self.models.values() if served.task == task]
+        if not candidates:
+            raise ApiError(404, f"no {task} model is served here", code="model_not_found", param="model")
+        if len(candidates) > 1:
+            names = ", ".join(served.name for served in candidates)
+            raise ApiError(
+                400,
+                f"several {task} models are served ({names}); name one in 'model'",
+                code="model_required",
+                param="model",
+            )
+        return candidates[0]
+
+
+def bundle_label(path: Path) -> str:
+    return path.resolve().name

@@ -1,0 +1,1 @@
+"""Service routes: health probes, model list, server info, Prometheus metrics."""

@@ -1,0 +1,50 @@
+"""Schemas of the service routes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "distilserve"
+    task: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading"]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    model_type: str
+    bundle: str
+    labels: dict[int, str]
+    problem_type: str | None
+    max_length: int
+    hidden_size: int | None
+    num_parameters: int | None
+    pooling: str | None
+    normalize: bool
+    quantization: dict[str, object]
+    parity: list[dict[str, object]]
+    source: dict[str, object]
+
+
+class Info(BaseModel):
+    version: str
+    ready: bool
+    models: list[ModelInfo]
+    batching: dict[str, float | int]
+    limits: dict[str, float | int]
+    versions: dict[str, str]

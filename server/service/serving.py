@@ -1,0 +1,81 @@
+"""What the service routes report."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from server.inference import ServerState
+
+_REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ServiceInfo:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": int(served.loaded_at),
+                    "owned_by": "distilserve",
+                    "task": served.task,
+                }
+                for name, served in self.state.registry.models.items()
+            ],
+        }
+
+    def info(self) -> dict[str, Any]:
+        settings = self.state.settings
+        models = []
+        for name, served in self.state.registry.models.items():
+            manifest = served.runtime.manifest
+            models.append(
+                {
+                    "name": name,
+                    "task": manifest.task,
+                    "model_type": manifest.model_type,
+                    "bundle": str(served.runtime.bundle_dir),
+                    "labels": manifest.labels,
+                    "problem_type": manifest.problem_type,
+                    "max_length": manifest.max_length,
+                    "hidden_size": manifest.hidden_size,
+                    "num_parameters": manifest.num_parameters,
+                    "pooling": manifest.pooling,
+                    "normalize": manifest.normalize,
+                    "quantization": manifest.quantization.model_dump(mode="json"),
+                    "parity": [check.model_dump(mode="json") for check in manifest.parity],
+                    "source": manifest.source.model_dump(mode="json"),
+                }
+            )
+        return {
+            "version": _version("distilserve"),
+            "ready": self.state.registry.ready,
+            "models": models,
+            "batching": {
+                "max_batch_size": settings.max_batch_size,
+                "max_batch_tokens": settings.max_batch_tokens,
+                "max_wait_ms": settings.max_wait_ms,
+            },
+            "limits": {
+                "max_queue_requests": settings.max_queue_requests,
+                "max_queue_tokens": settings.max_queue_tokens,
+                "request_timeout_s": settings.request_timeout_s,
+                "max_request_timeout_s": settings.max_request_timeout_s,
+                "max_body_bytes": settings.max_body_bytes,
+                "max_items_per_request": settings.max_items_per_request,
+                "max_chars_per_item": settings.max_chars_per_item,
+            },
+            "versions": {package: _version(package) for package in _REPORTED_PACKAGES},
+        }

@@ -1,0 +1,135 @@
+"""Every server setting, in one place. Each is a ``--flag`` and a ``DISTILSERVE_*`` variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DISTILSERVE_CACHE_DIR", Path.home() / ".cache" / "distilserve"))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One ``NAME=BUNDLE_DIR`` entry of ``--model``."""
+
+    name: str
+    bundle_dir: Path
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        name, separator, path = text.partition("=")
+        if not separator:
+            # A bare path: the folder's name is the model's name.
+            path, name = text, Path(text).resolve().name
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise ValueError(f"expected NAME=BUNDLE_DIR, got {text!r}")
+        return cls(name=name, bundle_dir=Path(path).expanduser())
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISTILSERVE_", extra="ignore", validate_default=True)
+
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "a model to serve, as NAME=BUNDLE_DIR; repeat for several (the variable takes a comma-separated "
+            "list); with none, the default models are served"
+        ),
+    )
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="where default bundles are built on first use"
+    )
+    build_default: bool = Field(
+        True, description="when no --model is given, build the default embedding bundle if it is missing"
+    )
+
+    # Batching.
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most rows in one model batch")
+    max_batch_tokens: int = Field(
+        8192, ge=16, description="most padded tokens (rows x longest row) in one model batch"
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description=(
+            "longest time an under-filled batch waits for requests that are already being tokenized; "
+            "an idle server never waits"
+        ),
+    )
+
+    # Admission and limits.
+    max_queue_requests: int = Field(
+        512, ge=1, description="requests admitted and not yet answered; beyond it, 429"
+    )
+    max_queue_tokens: int = Field(
+        262144, ge=1, description="tokens admitted and not yet computed, per model; beyond it, 429"
+    )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="default deadline of a request; a client may lower or raise it with X-Request-Timeout",
+    )
+    max_request_timeout_s: float = Field(300.0, gt=0, description="largest deadline a client may ask for")
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest request body, in bytes")
+    max_items_per_request: int = Field(256, ge=1, description="most texts (or QA pairs) in one request")
+    max_chars_per_item: int = Field(
+        100_000, ge=1, description="most characters in one text (a QA context counts as one item)"
+    )
+
+    # Security.
+    api_key: SecretStr | None = Field(
+        None, description="require 'Authorization: Bearer <key>' on the inference and info routes"
+    )
+    protect_metrics: bool = Field(False, description="also require the API key on /metrics")
+
+    # Threads.
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads per model batch (0: one per core this process may use)"
+    )
+    cpu_threads: int = Field(
+        2, ge=1, le=64, description="threads that tokenize and post-process requests off the event loop"
+    )
+    allow_spinning: bool = Field(
+        True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"
+    )
+
+    # Process.
+    warmup: bool = Field(True, description="run one batch per model before reporting ready")
+    graceful_shutdown_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long admitted requests may take to finish"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["json", "text"] = Field("json", description="log format")
+    access_log: bool = Field(False, description="log one line per request")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        specs = [ModelSpec.parse(text) for text in value]
+        names = [spec.name for spec in specs]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    @property
+    def model_specs(self) -> list[ModelSpec]:
+        return [ModelSpec.parse(text) for text in self.model]

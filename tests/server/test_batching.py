@@ -1,0 +1,178 @@
+"""The dynamic batcher on its own, with a fake model that records the batches it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from models.batching import EncodedRow
+from server.batching import BatchPolicy, DeadlineExceededError, DynamicBatcher, QueueFullError
+from server.metrics import ServerMetrics
+
+
+def row(length: int, tag: int = 0) -> EncodedRow:
+    return EncodedRow(input_ids=[tag] * length, token_type_ids=[0] * length)
+
+
+class FakeModel:
+    """Returns each row's (tag, length), optionally slowly; records every batch."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.batches: list[list[tuple[int, int]]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, rows: Sequence[EncodedRow]) -> list[tuple[int, int]]:
+        self.release.wait(10)
+        time.sleep(self.delay_s)
+        outputs = [(row.input_ids[0], len(row)) for row in rows]
+        self.batches.append(outputs)
+        return outputs
+
+
+def make_batcher(model: FakeModel, **policy: int | float) -> DynamicBatcher:
+    batcher = DynamicBatcher("fake", model, BatchPolicy(**policy), ServerMetrics())  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+def far() -> float:
+    return time.monotonic() + 30
+
+
+async def test_concurrent_requests_share_batches_and_get_their_own_outputs() -> None:
+    model = FakeModel(delay_s=0.01)
+    batcher = make_batcher(model, max_batch_size=16, max_batch_tokens=4096)
+    lengths = [3 + (index * 7) % 40 for index in range(40)]
+    results = await asyncio.gather(
+        *(batcher.run_rows([row(length, tag)], far()) for tag, length in enumerate(lengths))
+    )
+    assert [result[0] for result in results] == list(enumerate(lengths))
+    assert len(model.batches) < len(lengths)
+    assert all(len(batch) <= 16 for batch in model.batches)
+    await batcher.stop()
+
+
+async def test_a_large_request_is_split_and_reassembled_in_order() -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_batch_size=4, max_batch_tokens=4096)
+    rows = [row(1 + (index * 5) % 17, index) for index in range(23)]
+    outputs = await batcher.run_rows(rows, far())
+    assert [tag for tag, _ in outputs] == list(range(23))
+    assert len(model.batches) >= 6  # 23 rows, at most 4 per batch
+    await batcher.stop()
+
+
+async def test_batches_respect_the_token_budget_and_group_similar_lengths() -> None:
+    model = FakeModel()
+    model.release.clear()  # hold the first batch so that everything else queues up
+    batcher = make_batcher(model, max_batch_size=64, max_batch_tokens=200)
+    lengths = [5, 50, 6, 48, 7, 49, 5, 47, 6, 50]
+    pending = [asyncio.ensure_future(batcher.run_rows([row(length)], far())) for length in lengths]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    await asyncio.gather(*pending)
+    for batch in model.batches:
+        batch_lengths = [length for _, length in batch]
+        assert len(batch) * max(batch_lengths) <= 200 or len(batch) == 1
+    # After the first (held) batch, short rows and long rows never share a batch.
+    for batch in model.batches[1:]:
+        batch_lengths = [length for _, length in batch]
+        assert max(batch_lengths) - min(batch_lengths) <= 3
+    await batcher.stop()
+
+
+async def test_the_oldest_row_always_rides_the_next_batch() -> None:
+    """No starvation: a long row that arrived first is not overtaken by a stream of short ones."""
+    model = FakeModel()
+    model.release.clear()
+    batcher = make_batcher(model, max_batch_size=4, max_batch_tokens=4096)
+    blocker = asyncio.ensure_future(batcher.run_rows([row(3, 99)], far()))
+    await asyncio.sleep(0.02)  # the blocker's batch is now running (held)
+    long_one = asyncio.ensure_future(batcher.run_rows([row(60, 1)], far()))
+    await asyncio.sleep(0.01)
+    shorts = [asyncio.ensure_future(batcher.run_rows([row(4, 2)], far())) for _ in range(12)]
+    await asyncio.sleep(0.02)
+    model.release.set()
+    await asyncio.gather(blocker, long_one, *shorts)
+    assert (1, 60) in model.batches[1]
+    await batcher.stop()
+
+
+async def test_an_expired_request_is_never_computed() -> None:
+    model = FakeModel()
+    model.release.clear()
+    batcher = make_batcher(model)
+    blocker = asyncio.ensure_future(batcher.run_rows([row(3, 1)], far()))
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceededError):
+        await batcher.run_rows([row(5, 2)], time.monotonic() + 0.05)
+    model.release.set()
+    await blocker
+    await asyncio.sleep(0.02)
+    assert all(tag != 2 for batch in model.batches for tag, _ in batch)
+    await batcher.stop()
+
+
+async def test_a_cancelled_request_is_never_computed() -> None:
+    model = FakeModel()
+    model.release.clear()
+    batcher = make_batcher(model)
+    blocker = asyncio.ensure_future(batcher.run_rows([row(3, 1)], far()))
+    await asyncio.sleep(0.02)
+    leaver = asyncio.ensure_future(batcher.run_rows([row(5, 2), row(6, 2)], far()))
+    await asyncio.sleep(0.02)
+    leaver.cancel()
+    model.release.set()
+    await blocker
+    await asyncio.sleep(0.02)
+    assert all(tag != 2 for batch in model.batches for tag, _ in batch)
+    assert batcher.queued_rows == 0 and batcher.queued_tokens == 0
+    await batcher.stop()
+
+
+async def test_the_token_budget_of_the_queue_refuses_new_work() -> None:
+    model = FakeModel()
+    model.release.clear()
+    batcher = make_batcher(model, max_queue_tokens=20)
+    running = asyncio.ensure_future(batcher.run_rows([row(4)], far()))
+    await asyncio.sleep(0.02)
+    queued = asyncio.ensure_future(batcher.run_rows([row(15)], far()))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFullError):
+        await batcher.run_rows([row(10)], far())
+    model.release.set()
+    await asyncio.gather(running, queued)
+    await batcher.stop()
+
+
+async def test_an_idle_batcher_does_not_wait_for_company() -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_wait_ms=500)
+    started = time.monotonic()
+    await batcher.run_rows([row(5)], far())
+    assert time.monotonic() - started < 0.4  # behaviour, not speed: it did not sit out max_wait_ms
+    await batcher.stop()
+
+
+async def test_an_underfilled_batch_waits_for_requests_being_tokenized() -> None:
+    model = FakeModel()
+    batcher = make_batcher(model, max_wait_ms=300, max_batch_size=8)
+
+    async def late_arrival() -> list[object]:
+        with batcher.incoming():
+            await asyncio.sleep(0.05)  # "tokenizing"
+            return await batcher.run_rows([row(5, 2)], far())
+
+    arrival = asyncio.ensure_future(late_arrival())
+    await asyncio.sleep(0.01)
+    first = await batcher.run_rows([row(5, 1)], far())
+    await arrival
+    assert first == [(1, 5)]
+    assert len(model.batches) == 1 and sorted(model.batches[0]) == [(1, 5), (2, 5)]
+    await batcher.stop()
