@@ -83,19 +83,28 @@ def input_error_to_api(error: InputError) -> ApiError:
     return ApiError(422, str(error), code=code, param=error.param)
 
 
+# Type mismatches of one member of a union (str | list[str]) say less than any other problem.
+_TYPE_MISMATCHES = {"string_type", "list_type", "model_type", "model_attributes_type", "dict_type", "int_type"}
+
+
+def _is_union_tag(part: object) -> bool:
+    """Pydantic names union members in error locations ("str", "list[str]", "QuestionContext")."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part or part[:1].isupper())
+
+
 def _describe_validation_error(error: RequestValidationError) -> tuple[str, str | None]:
-    problems = error.errors()
+    problems = list(error.errors())
     if not problems:
         return "invalid request", None
-    first = problems[0]
-    # Drop the leading "body" so params read like the JSON the client sent: input[2], parameters.top_k.
-    location = [part for part in first.get("loc", ()) if part != "body"]
-    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
-    if first.get("type") == "json_invalid":
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        first = next(problem for problem in problems if problem.get("type") == "json_invalid")
         return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
-    message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    if len(problems) > 1:
-        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    # The most telling problem: a real constraint over a type mismatch, then the deepest location.
+    best = min(problems, key=lambda p: (p.get("type") in _TYPE_MISMATCHES, -len(p.get("loc", ()))))
+    # Drop the leading "body" and union tags so params read like the JSON sent: input[2], parameters.top_k.
+    location = [part for part in best.get("loc", ()) if part != "body" and not _is_union_tag(part)]
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    message = f"{param}: {best['msg']}" if param else str(best["msg"])
     return message, param or None
 
 

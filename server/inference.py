@@ -153,8 +153,10 @@ class ServerState:
         context.model = served.name
         with served.batcher.incoming():
             started = time.perf_counter()
-            prepared = await loop.run_in_executor(self.cpu_pool, _prepare_all, runtime, items, params, param)
-            self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
+            try:
+                prepared = await loop.run_in_executor(self.cpu_pool, _prepare_all, runtime, items, params, param)
+            finally:
+                self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
         rows = [row for item in prepared for row in item.rows]
         context.tokens = sum(item.num_tokens for item in prepared)
         try:

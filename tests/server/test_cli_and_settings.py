@@ -1,0 +1,75 @@
+"""Every setting has a flag and a DISTILSERVE_* variable; flags beat the environment."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import COMMANDS, add_settings_arguments, main
+from server.settings import ModelSpec, ServerSettings
+
+
+def parse(argv: list[str]) -> ServerSettings:
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, ServerSettings)
+    return ServerSettings(**vars(parser.parse_args(argv)))
+
+
+def test_every_server_setting_has_a_flag_and_an_env_var_in_its_help() -> None:
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, ServerSettings)
+    help_text = parser.format_help()
+    for name in ServerSettings.model_fields:
+        assert f"--{name.replace('_', '-')}" in help_text, name
+        assert f"DISTILSERVE_{name.upper()}" in help_text, name
+
+
+def test_flags_override_the_environment_which_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse([]).max_batch_size == 32
+    monkeypatch.setenv("DISTILSERVE_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("DISTILSERVE_WARMUP", "false")
+    assert parse([]).max_batch_size == 8
+    assert parse([]).warmup is False
+    settings = parse(["--max-batch-size", "4", "--warmup"])
+    assert settings.max_batch_size == 4 and settings.warmup is True
+
+
+def test_models_from_repeated_flags_and_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = parse(["--model", "a=/bundles/a", "--model", "b=/bundles/b"])
+    assert settings.model_specs == [ModelSpec("a", Path("/bundles/a")), ModelSpec("b", Path("/bundles/b"))]
+    monkeypatch.setenv("DISTILSERVE_MODEL", "x=/b/x,/b/plain")
+    assert [spec.name for spec in parse([]).model_specs] == ["x", "plain"]
+    with pytest.raises(ValueError, match="unique"):
+        parse(["--model", "a=/x", "--model", "a=/y"])
+
+
+def test_the_api_key_is_a_secret() -> None:
+    settings = parse(["--api-key", "hunter2"])
+    assert "hunter2" not in repr(settings)
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "hunter2"
+
+
+def test_invalid_settings_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--max-batch-size", "0"]) == 2
+    assert "max_batch_size" in capsys.readouterr().err
+
+
+def test_the_console_script_lists_its_commands() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+def test_serve_help_does_not_import_torch() -> None:
+    code = (
+        "import sys; from server.cli import main\n"
+        "try:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
