@@ -84,12 +84,21 @@ def input_error_to_api(error: InputError) -> ApiError:
 
 
 # Type mismatches of one member of a union (str | list[str]) say less than any other problem.
-_TYPE_MISMATCHES = {"string_type", "list_type", "model_type", "model_attributes_type", "dict_type", "int_type"}
+_TYPE_MISMATCHES = {
+    "string_type",
+    "list_type",
+    "model_type",
+    "model_attributes_type",
+    "dict_type",
+    "int_type",
+}
 
 
 def _is_union_tag(part: object) -> bool:
     """Pydantic names union members in error locations ("str", "list[str]", "QuestionContext")."""
-    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part or part[:1].isupper())
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool"} or "[" in part or part[:1].isupper()
+    )
 
 
 def _describe_validation_error(error: RequestValidationError) -> tuple[str, str | None]:

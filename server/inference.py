@@ -154,7 +154,9 @@ class ServerState:
         with served.batcher.incoming():
             started = time.perf_counter()
             try:
-                prepared = await loop.run_in_executor(self.cpu_pool, _prepare_all, runtime, items, params, param)
+                prepared = await loop.run_in_executor(
+                    self.cpu_pool, _prepare_all, runtime, items, params, param
+                )
             finally:
                 self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
         rows = [row for item in prepared for row in item.rows]

@@ -15,7 +15,11 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn repeats its message with ANSI colours
+}
 
 
 class JsonFormatter(logging.Formatter):
