@@ -7,6 +7,8 @@ from pathlib import Path
 
 import uvicorn
 
+from models.bundle import read_manifest
+from models.errors import DistilserveError
 from server.app import build_app
 from server.settings import ModelSpec, ServerSettings
 
@@ -39,7 +41,14 @@ def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
 
 
 def run(settings: ServerSettings) -> int:
-    specs = settings.model_specs or default_model_specs(settings)
+    try:
+        specs = settings.model_specs or default_model_specs(settings)
+        # Fail before binding the port, with the file and the problem, rather than in the lifespan.
+        for spec in specs:
+            read_manifest(spec.bundle_dir)
+    except DistilserveError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
     if not specs:
         logger.error("no model to serve: pass --model NAME=BUNDLE_DIR (or allow --build-default)")
         return 2
