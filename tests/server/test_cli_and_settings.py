@@ -38,7 +38,9 @@ def test_flags_override_the_environment_which_overrides_defaults(monkeypatch: py
     assert settings.max_batch_size == 4 and settings.warmup is True
 
 
-def test_models_from_repeated_flags_and_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_from_repeated_flags_and_from_a_comma_separated_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = parse(["--model", "a=/bundles/a", "--model", "b=/bundles/b"])
     assert settings.model_specs == [ModelSpec("a", Path("/bundles/a")), ModelSpec("b", Path("/bundles/b"))]
     monkeypatch.setenv("DISTILSERVE_MODEL", "x=/b/x,/b/plain")

@@ -103,7 +103,9 @@ async def test_truncation_is_per_request(strict_client: tuple[FastAPI, httpx.Asy
     assert response.json()["usage"]["prompt_tokens"] == 128
 
 
-async def test_unknown_routes_and_methods_are_json_errors(strict_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
+async def test_unknown_routes_and_methods_are_json_errors(
+    strict_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
     _, client = strict_client
     missing = await client.get("/v2/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["message"]
@@ -116,12 +118,15 @@ async def test_a_body_over_the_limit_is_a_413(model_args: list[str]) -> None:
         response = await client.post("/v1/classify", json={"input": "z" * 5000})
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "body_too_large"
+
         # Streamed without a Content-Length, the limit still holds.
         async def chunks() -> AsyncIterator[bytes]:
             for _ in range(8):
                 yield b'{"input": "' + b"z" * 1000 + b'"}'
 
-        streamed = await client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+        streamed = await client.post(
+            "/v1/classify", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert streamed.status_code == 413
 
 
@@ -141,9 +146,13 @@ async def test_the_api_key_guards_inference_but_not_health_or_metrics(model_args
     async with running_app(model_args, api_key="s3cret") as (_, client):
         missing = await client.post("/v1/classify", json={"input": "x"})
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
-        wrong = await client.post("/v1/classify", json={"input": "x"}, headers={"Authorization": "Bearer nope"})
+        wrong = await client.post(
+            "/v1/classify", json={"input": "x"}, headers={"Authorization": "Bearer nope"}
+        )
         assert wrong.status_code == 401
-        right = await client.post("/v1/classify", json={"input": "x"}, headers={"Authorization": "Bearer s3cret"})
+        right = await client.post(
+            "/v1/classify", json={"input": "x"}, headers={"Authorization": "Bearer s3cret"}
+        )
         assert right.status_code == 200
         assert (await client.get("/v1/models")).status_code == 401
         assert (await client.get("/health/ready")).status_code == 200

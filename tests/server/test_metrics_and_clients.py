@@ -49,7 +49,9 @@ async def test_metrics_expose_every_family_with_values_that_moved(model_args: li
     assert by_status["200"] == sum(r.status_code == 200 for r in responses)
     assert by_status["422"] == 1
     assert by_status.get("429", 0) == sum(r.status_code == 429 for r in responses)
-    labels_200 = next(labels for labels, _ in samples["distilserve_requests_total"] if labels["status"] == "200")
+    labels_200 = next(
+        labels for labels, _ in samples["distilserve_requests_total"] if labels["status"] == "200"
+    )
     assert labels_200["model"] == "sentiment"
 
     def total(name: str, model: str = "sentiment") -> float:
@@ -62,7 +64,9 @@ async def test_metrics_expose_every_family_with_values_that_moved(model_args: li
     assert total("distilserve_inference_seconds_count") >= 1
     assert total("distilserve_tokenization_seconds_count") == by_status["200"] + 1
     assert total("distilserve_queue_wait_seconds_count") == by_status["200"]
-    assert [value for labels, value in samples["distilserve_queue_depth"] if labels["model"] == "sentiment"] == [0]
+    assert [
+        value for labels, value in samples["distilserve_queue_depth"] if labels["model"] == "sentiment"
+    ] == [0]
 
 
 def test_the_openai_client_with_its_defaults_gets_the_library_vectors(
@@ -71,7 +75,9 @@ def test_the_openai_client_with_its_defaults_gets_the_library_vectors(
     from openai import OpenAI
 
     texts = ["How do I reset my password?", "Where is my order?"]
-    expected = np.stack(load_model(tiny_bundles[("bert", "feature-extraction")]).predict(texts, EmbedParams()))
+    expected = np.stack(
+        load_model(tiny_bundles[("bert", "feature-extraction")]).predict(texts, EmbedParams())
+    )
     with live_server() as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         response = client.embeddings.create(model="encoder", input=texts)  # base64 on the wire by default
