@@ -1,8 +1,9 @@
-"""Session-wide fixtures: tiny checkpoints, built once per test session."""
+"""Session-wide fixtures: tiny checkpoints and their exported bundles, built once per test session."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -29,3 +30,43 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[Arc
         (arch, task): build_checkpoint(root / f"{arch}-{task}", arch, task, seed=index)
         for index, (arch, task) in enumerate((a, t) for a in ARCHS for t in TASKS)
     }
+
+
+BundleKey = tuple[Arch, TinyTask]
+# Tasks whose int8 bundles the tests need (classification and embeddings: tiny random QA models
+# have too flat span logits for int8 span agreement to be a meaningful fixture).
+INT8_TASKS: tuple[TinyTask, ...] = ("text-classification", "feature-extraction")
+
+
+def _export_all(
+    checkpoints: dict[BundleKey, Path],
+    root: Path,
+    quantize: Literal["int8", "none"],
+    tasks: tuple[TinyTask, ...],
+) -> dict[BundleKey, Path]:
+    from models.export import ExportOptions, export_bundle
+
+    bundles = {}
+    for (arch, task), checkpoint in checkpoints.items():
+        if task not in tasks:
+            continue
+        output = root / f"{arch}-{task}"
+        export_bundle(ExportOptions(source=str(checkpoint), output=output, task=task, quantize=quantize))
+        bundles[(arch, task)] = output
+    return bundles
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(
+    tiny_checkpoints: dict[BundleKey, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[BundleKey, Path]:
+    """Every tiny checkpoint exported as an fp32 bundle (``--quantize none``): exact comparisons."""
+    return _export_all(tiny_checkpoints, tmp_path_factory.mktemp("bundles-fp32"), "none", TASKS)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_bundles(
+    tiny_checkpoints: dict[BundleKey, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[BundleKey, Path]:
+    """The classification and embedding checkpoints exported as int8 bundles (the default export)."""
+    return _export_all(tiny_checkpoints, tmp_path_factory.mktemp("bundles-int8"), "int8", INT8_TASKS)

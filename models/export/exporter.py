@@ -1,0 +1,695 @@
+"""``export_bundle``: a Hugging Face checkpoint in, a verified distilserve bundle out.
+
+Five steps, each logged when it starts and when it ends, with its duration:
+
+1. load the checkpoint and export it to ONNX with Optimum (dynamic batch and sequence axes);
+2. fp32 parity: the ONNX graph against PyTorch on the sample inputs (hard failure beyond the
+   tolerance: the graph must compute the same function);
+3. int8: fuse the fp32 graph (kept only if it still matches PyTorch) and quantize it dynamically
+   with the scheme of the target ISA;
+4. int8 agreement: the int8 graph against the fp32 graph, in the task's terms (class, span,
+   embedding direction); a failed threshold fails the export;
+5. write the bundle atomically: ``model.onnx``, ``tokenizer.json``, ``distilserve.json``.
+
+All intermediate files live in a scratch folder beside the output that is removed whatever
+happens, so the fp32 graph never ends up in an int8 bundle and a failed export leaves nothing.
+torch, transformers and optimum are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import importlib.util
+import logging
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from models.bundle import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    ParityCheck,
+    Pooling,
+    ProblemType,
+    QuantizationInfo,
+    SourceInfo,
+    Task,
+    atomic_bundle_dir,
+    hash_files,
+)
+from models.errors import BundleError, ExportError
+from models.export.isa import IsaChoice, resolve_scheme
+from models.export.parity import (
+    Outputs,
+    SampleBatch,
+    Thresholds,
+    agreement_metrics,
+    describe,
+    encode_samples,
+    make_check,
+    max_abs_diff,
+    run_onnx,
+    run_torch,
+)
+from models.export.quantize import fuse_transformer_graph, quantize_int8
+from models.export.samples import export_samples
+from models.export.source import (
+    SentenceTransformersInfo,
+    Source,
+    infer_task,
+    resolve_source,
+    sentence_transformers_info,
+    weight_files,
+    weights_sha256,
+)
+from models.tokenization import ThreadSafeTokenizer
+
+logger = logging.getLogger(__name__)
+
+QuantizeMode = Literal["int8", "none"]
+
+# The inputs the runtime feeds (see models.batching.assemble_batch) and the outputs each task's
+# processor reads.
+RUNTIME_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+REQUIRED_OUTPUTS: dict[Task, tuple[str, ...]] = {
+    "text-classification": ("logits",),
+    "question-answering": ("start_logits", "end_logits"),
+    "feature-extraction": ("last_hidden_state",),
+}
+# Tokenizers report this (or larger) as model_max_length when they have no real limit.
+NO_TOKENIZER_LIMIT = 1_000_000
+# RoBERTa-family position embeddings start after the padding index, so two positions are unusable.
+POSITION_OFFSET_MODELS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
+EXPORT_EXTRA_MODULES = ("torch", "transformers", "optimum.exporters.onnx", "onnx")
+STEPS = 5
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything ``distilserve export`` takes (``models.export.cli.Settings`` maps onto this)."""
+
+    source: str
+    output: Path
+    task: Task | None = None
+    quantize: QuantizeMode = "int8"
+    # Per-channel weight scales: all-MiniLM-L6-v2's int8-vs-fp32 embedding cosine goes from
+    # 0.967 (per-tensor) to 0.993, for about 5% more latency.
+    per_channel: bool = True
+    # Fuse attention/LayerNorm/GELU before quantizing: faster for single rows, slower for
+    # batches (figures in models.export.quantize), hence off by default.
+    optimize: bool = False
+    isa: IsaChoice = "auto"
+    max_length: int | None = None
+    opset: int | None = None
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    revision: str | None = None
+    # Recorded as the manifest's source id instead of SOURCE (e.g. the hub id of a packaged copy).
+    source_name: str | None = None
+    samples: Path | None = None
+    overwrite: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+def require_export_extra() -> None:
+    """Fail with the install command when the export dependencies are missing."""
+    missing = [name for name in EXPORT_EXTRA_MODULES if not _module_available(name)]
+    if missing:
+        raise ExportError(
+            f"exporting needs {', '.join(missing)}, which this install lacks: "
+            'pip install "distilserve[export]"'
+        )
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class _Steps:
+    """Numbered step logging: 'step 2/5 fp32 parity ...' then '... done in 1.3s'."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.index = 0
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.index += 1
+        label = f"step {self.index}/{self.total} {title}"
+        logger.info("%s ...", label, extra={"step": self.index, "steps": self.total})
+        start = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            logger.error("%s failed after %.1fs", label, time.perf_counter() - start)
+            raise
+        elapsed = time.perf_counter() - start
+        self.durations[title] = elapsed
+        logger.info(
+            "%s done in %.1fs", label, elapsed, extra={"step": self.index, "duration_s": round(elapsed, 3)}
+        )
+
+    def skip(self, title: str, reason: str) -> None:
+        self.index += 1
+        logger.info("step %d/%d %s skipped (%s)", self.index, self.total, title, reason)
+
+
+@dataclass
+class _Checkpoint:
+    """The loaded source: config, fast tokenizer and PyTorch model, plus derived settings."""
+
+    source: Source
+    task: Task
+    config: Any
+    tokenizer: Any
+    model: Any
+    max_length: int
+    pooling: Pooling | None
+    normalize: bool
+    problem_type: ProblemType | None
+
+
+def export_bundle(options: ExportOptions) -> Manifest:
+    """Export ``options.source`` to a verified bundle at ``options.output``; returns its manifest.
+
+    Raises ``ExportError`` (bad source, unsupported model, failed parity or agreement) and
+    leaves no bundle, and no partial folder, behind.
+    """
+    require_export_extra()
+    output = Path(options.output).expanduser().resolve()
+    if output.exists() and not options.overwrite:
+        raise ExportError(f"{output}: output already exists; pass --overwrite to replace it")
+    if options.max_length is not None and options.max_length < 2:
+        raise ExportError(f"--max-length must be at least 2, got {options.max_length}")
+    scheme = resolve_scheme(options.isa) if options.quantize == "int8" else None
+    started = time.perf_counter()
+    steps = _Steps(STEPS)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the output, so that the final files move into the bundle by rename (same filesystem).
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.work-", dir=output.parent) as scratch_name:
+        scratch = Path(scratch_name)
+        with steps.step("ONNX export"):
+            checkpoint = _load_checkpoint(options)
+            logger.info(
+                "exporting %s for %s",
+                options.source,
+                checkpoint.task,
+                extra={"model_type": checkpoint.config.model_type, "max_length": checkpoint.max_length},
+            )
+            fp32_path = _export_onnx(checkpoint, scratch / "onnx", options.opset)
+            input_names, output_names = _graph_io(fp32_path, checkpoint.task)
+            tokenizer_path = scratch / TOKENIZER_NAME
+            _write_tokenizer(checkpoint.tokenizer, tokenizer_path, checkpoint.max_length)
+            num_parameters = int(sum(p.numel() for p in checkpoint.model.parameters()))
+
+        parity: list[ParityCheck] = []
+        with steps.step("fp32 parity"):
+            samples = export_samples(checkpoint.task, options.samples)
+            batches = encode_samples(
+                ThreadSafeTokenizer.from_file(tokenizer_path), samples, checkpoint.max_length
+            )
+            torch_outputs = run_torch(checkpoint.model, batches, input_names, output_names)
+            fp32_outputs = run_onnx(fp32_path, batches, output_names)
+            fp32_check = _fp32_check("onnx-fp32", torch_outputs, fp32_outputs, batches, options.thresholds)
+            logger.info("%s", describe(fp32_check))
+            if not fp32_check.passed:
+                raise ExportError(
+                    f"the ONNX graph does not reproduce the PyTorch model: {describe(fp32_check)}. "
+                    "This is an exporter problem (opset, unsupported op); the bundle was not written"
+                )
+            parity.append(fp32_check)
+        # The PyTorch model is no longer needed; a large one should not sit in memory through int8.
+        config = checkpoint.config
+        checkpoint.model = None
+        gc.collect()
+
+        served_path = fp32_path
+        optimized = False
+        if scheme is None:
+            steps.skip("int8 quantization", "--quantize none")
+            steps.skip("int8 agreement", "--quantize none")
+        else:
+            with steps.step("int8 quantization"):
+                quantize_source = fp32_path
+                if options.optimize:
+                    fused = _fuse_if_faithful(fp32_path, scratch, config, batches, torch_outputs, options)
+                    if fused is not None:
+                        quantize_source, fused_check = fused
+                        parity.append(fused_check)
+                        optimized = True
+                served_path = scratch / "model.int8.onnx"
+                quantize_int8(quantize_source, served_path, scheme, per_channel=options.per_channel)
+                logger.info(
+                    "quantized %s: %s weights, %s activations%s%s",
+                    "fused graph" if optimized else "graph",
+                    scheme.weight_type,
+                    scheme.activation_type,
+                    ", per-channel" if options.per_channel else "",
+                    ", reduced range" if scheme.reduce_range else "",
+                    extra={"isa": scheme.isa, "bytes": served_path.stat().st_size},
+                )
+            with steps.step("int8 agreement"):
+                int8_outputs = run_onnx(served_path, batches, output_names)
+                metrics = agreement_metrics(
+                    checkpoint.task,
+                    fp32_outputs,
+                    int8_outputs,
+                    batches,
+                    problem_type=checkpoint.problem_type,
+                    pooling=checkpoint.pooling or "mean",
+                )
+                check = make_check(
+                    "onnx-fp32",
+                    "onnx-int8",
+                    len(samples),
+                    metrics,
+                    options.thresholds.for_task(checkpoint.task),
+                )
+                logger.info("%s", describe(check))
+                if not check.passed:
+                    remedies = "--quantize none or other thresholds"
+                    if not options.per_channel:
+                        remedies = "--per-channel, " + remedies
+                    raise ExportError(
+                        f"int8 does not agree with fp32: {describe(check)}. "
+                        f"Try {remedies}; the bundle was not written"
+                    )
+                parity.append(check)
+
+        with steps.step("write bundle"):
+            quantization = QuantizationInfo(
+                mode=options.quantize,
+                isa=scheme.isa if scheme else None,
+                per_channel=options.per_channel if scheme else False,
+                weight_type=scheme.weight_type if scheme else None,
+                activation_type=scheme.activation_type if scheme else None,
+                reduce_range=scheme.reduce_range if scheme else False,
+                optimized_graph=optimized,
+                fp32_bytes=fp32_path.stat().st_size,
+                model_bytes=served_path.stat().st_size,
+            )
+            manifest = _write_bundle(
+                output,
+                options,
+                checkpoint,
+                served_path=served_path,
+                tokenizer_path=tokenizer_path,
+                input_names=input_names,
+                output_names=output_names,
+                num_parameters=num_parameters,
+                quantization=quantization,
+                parity=parity,
+            )
+    elapsed = time.perf_counter() - started
+    for line in summary_lines(manifest, output):
+        logger.info("%s", line)
+    steps_text = ", ".join(f"{title} {seconds:.1f}s" for title, seconds in steps.durations.items())
+    logger.info(
+        "export finished in %.1fs (%s)",
+        elapsed,
+        steps_text,
+        extra={"bundle": str(output), "duration_s": round(elapsed, 3)},
+    )
+    return manifest
+
+
+def _load_checkpoint(options: ExportOptions) -> _Checkpoint:
+    source = resolve_source(options.source, options.revision)
+    config = _load_config(source)
+    st_info = sentence_transformers_info(source)
+    task = options.task or infer_task(
+        getattr(config, "architectures", None), sentence_transformers=st_info is not None
+    )
+    if task not in get_args(Task):
+        raise ExportError(f"unsupported task {task!r}; choose one of {', '.join(get_args(Task))}")
+    _check_exportable(config.model_type, task)
+    tokenizer = _load_tokenizer(source)
+    max_length = _max_length(options.max_length, config, tokenizer, st_info)
+    pooling: Pooling | None = None
+    normalize = False
+    if task == "feature-extraction":
+        pooling = options.pooling or (st_info.pooling if st_info else "mean")
+        normalize = (
+            options.normalize if options.normalize is not None else bool(st_info and st_info.normalize)
+        )
+    model = _load_model(source, task)
+    return _Checkpoint(
+        source=source,
+        task=task,
+        config=config,
+        tokenizer=tokenizer,
+        model=model,
+        max_length=max_length,
+        pooling=pooling,
+        normalize=normalize,
+        problem_type=_problem_type(config, task),
+    )
+
+
+def _load_config(source: Source) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.ref, revision=source.revision)
+    except (OSError, ValueError, KeyError) as exc:
+        where = "folder" if source.is_local else "Hugging Face Hub repository"
+        raise ExportError(f"{source.ref}: cannot load the model config from this {where} ({exc})") from exc
+
+
+def _check_exportable(model_type: str, task: Task) -> None:
+    # Importing the ONNX exporter registers its model configs with the TasksManager.
+    import optimum.exporters.onnx.model_configs  # noqa: F401
+    from optimum.exporters.tasks import TasksManager
+
+    try:
+        supported = TasksManager.get_supported_tasks_for_model_type(
+            model_type, "onnx", library_name="transformers"
+        )
+    except KeyError as exc:
+        raise ExportError(
+            f"unsupported architecture: model type {model_type!r} has no ONNX export in Optimum"
+        ) from exc
+    if task not in supported:
+        raise ExportError(
+            f"unsupported architecture: Optimum cannot export a {model_type!r} model for {task} "
+            f"(it supports {', '.join(sorted(supported))})"
+        )
+
+
+def _load_tokenizer(source: Source) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.ref, revision=source.revision, use_fast=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"{source.ref}: cannot load the tokenizer ({exc})") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(
+            f"{source.ref}: the tokenizer has no fast (tokenizers) version; the runtime needs tokenizer.json"
+        )
+    return tokenizer
+
+
+MODEL_CLASSES: dict[Task, str] = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "feature-extraction": "AutoModel",
+}
+
+
+def _load_model(source: Source, task: Task) -> Any:
+    import transformers
+
+    factory = getattr(transformers, MODEL_CLASSES[task])
+    try:
+        model, info = factory.from_pretrained(source.ref, revision=source.revision, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"{source.ref}: cannot load the model weights for {task} ({exc})") from exc
+    # A head missing from the checkpoint would be initialized at random and served as if trained.
+    # The pooler is the exception: feature-extraction graphs do not output it.
+    missing = [key for key in info.get("missing_keys", []) if "pooler" not in key]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ExportError(
+            f"{source.ref}: the checkpoint has no weights for {shown}; they would be random. "
+            f"Is --task {task} right for this checkpoint?"
+        )
+    model.eval()
+    return model
+
+
+def _max_length(
+    requested: int | None, config: Any, tokenizer: Any, st_info: SentenceTransformersInfo | None
+) -> int:
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and config.model_type in POSITION_OFFSET_MODELS:
+        positions -= 2
+    if requested is not None:
+        if positions is not None and requested > positions:
+            raise ExportError(f"--max-length {requested} is more than the model's {positions} positions")
+        return requested
+    limits = [int(positions)] if positions else []
+    if st_info is not None and st_info.max_seq_length:
+        # sentence-transformers truncates at max_seq_length, and the model was trained that way.
+        limits.append(st_info.max_seq_length)
+    else:
+        model_max_length = getattr(tokenizer, "model_max_length", None)
+        if model_max_length and model_max_length < NO_TOKENIZER_LIMIT:
+            limits.append(int(model_max_length))
+    if not limits:
+        raise ExportError("the model sets no length limit (max_position_embeddings); pass --max-length")
+    return min(limits)
+
+
+def _problem_type(config: Any, task: Task) -> ProblemType | None:
+    if task != "text-classification":
+        return None
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type is not None:
+        if problem_type not in get_args(ProblemType):
+            raise ExportError(f"unsupported problem_type {problem_type!r} in config.json")
+        return problem_type  # type: ignore[no-any-return]
+    # Same rule as the transformers pipeline: one output is scored with a sigmoid, so it is left
+    # unset rather than called regression (which the runtime would leave unscored).
+    return "single_label_classification" if config.num_labels > 1 else None
+
+
+@contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the tracer's and optimum's advisory noise during the ONNX export."""
+    import torch
+
+    noisy = [logging.getLogger(name) for name in ("optimum", "torch.onnx")]
+    levels = [log.level for log in noisy]
+    tracer_warning: type[Warning] = getattr(torch.jit, "TracerWarning", UserWarning)
+    with warnings.catch_warnings():
+        # The tracer warns about every Python-level branch in the modeling code; the parity
+        # step checks the traced graph on varied shapes instead.
+        warnings.simplefilter("ignore", tracer_warning)
+        # Optimum 2.1 uses the TorchScript exporter on purpose (it handles these encoders' dynamic
+        # axes); torch's notice that a newer exporter exists is not actionable here.
+        warnings.filterwarnings(
+            "ignore", message="You are using the legacy TorchScript", category=DeprecationWarning
+        )
+        for log in noisy:
+            log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for log, level in zip(noisy, levels, strict=True):
+                log.setLevel(level)
+
+
+def _export_onnx(checkpoint: _Checkpoint, folder: Path, opset: int | None) -> Path:
+    """Export with Optimum from the already loaded model (the one parity compares against)."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    try:
+        with _quiet_export():
+            # Validation is off: step 2 does it on better inputs (padding, pairs, long texts).
+            onnx_export_from_model(
+                checkpoint.model, folder, task=checkpoint.task, opset=opset, do_validation=False, device="cpu"
+            )
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ExportError(f"ONNX export of {checkpoint.source.ref} failed: {exc}") from exc
+    path = folder / MODEL_NAME
+    if not path.is_file():
+        raise ExportError(f"ONNX export of {checkpoint.source.ref} wrote no {MODEL_NAME}")
+    if any(folder.glob("*.onnx_data")) or any(folder.glob("*.onnx.data")):
+        raise ExportError(
+            "the model is over 2 GB and was exported with external data, which bundles do not support"
+        )
+    return path
+
+
+def _graph_io(path: Path, task: Task) -> tuple[list[str], list[str]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    inputs = [node.name for node in graph.input if node.name not in initializers]
+    outputs = [node.name for node in graph.output]
+    unknown = sorted(set(inputs) - RUNTIME_INPUTS)
+    if unknown or not {"input_ids", "attention_mask"} <= set(inputs):
+        raise ExportError(
+            f"unsupported architecture: the exported graph takes inputs {inputs}; the runtime feeds "
+            f"{sorted(RUNTIME_INPUTS)} (input_ids and attention_mask required)"
+        )
+    missing = [name for name in REQUIRED_OUTPUTS[task] if name not in outputs]
+    if missing:
+        raise ExportError(
+            f"the exported graph lacks the outputs {missing} that {task} needs (it has {outputs})"
+        )
+    return inputs, [name for name in outputs if name in REQUIRED_OUTPUTS[task]]
+
+
+def _write_tokenizer(tokenizer: Any, path: Path, max_length: int) -> None:
+    """Save the fast tokenizer's definition, truncating at the bundle's limit and never padding.
+
+    The runtime pads per batch itself; a fixed padding length baked into some checkpoints'
+    tokenizer.json (all-MiniLM-L6-v2 pads to 128) would waste compute for other users of the file.
+    """
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.enable_truncation(max_length)
+    backend.save(str(path))
+
+
+def _fp32_check(
+    candidate: str,
+    reference: Sequence[Outputs],
+    outputs: Sequence[Outputs],
+    batches: Sequence[SampleBatch],
+    thresholds: Thresholds,
+) -> ParityCheck:
+    samples = sum(batch.attention_mask.shape[0] for batch in batches)
+    metrics = {"max_abs_diff": max_abs_diff(reference, outputs, batches)}
+    return make_check("pytorch", candidate, samples, metrics, {"max_abs_diff": thresholds.fp32_max_abs_diff})
+
+
+def _fuse_if_faithful(
+    fp32_path: Path,
+    scratch: Path,
+    config: Any,
+    batches: Sequence[SampleBatch],
+    torch_outputs: Sequence[Outputs],
+    options: ExportOptions,
+) -> tuple[Path, ParityCheck] | None:
+    """The fused fp32 graph and its parity check, or None (with a warning) if fusion broke parity."""
+    fused_path = scratch / "model.fused.onnx"
+    try:
+        fused_ops = fuse_transformer_graph(
+            fp32_path,
+            fused_path,
+            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+        )
+        fused_outputs = run_onnx(fused_path, batches, list(torch_outputs[0]))
+    except Exception as exc:  # onnxruntime.transformers raises assorted errors on unknown patterns
+        logger.warning("graph fusion failed, quantizing the unfused graph (%s)", exc)
+        return None
+    check = _fp32_check("onnx-fp32-fused", torch_outputs, fused_outputs, batches, options.thresholds)
+    if not check.passed:
+        logger.warning("fused graph breaks fp32 parity, quantizing the unfused graph: %s", describe(check))
+        return None
+    logger.info("fused graph: %s; %s", _format_ops(fused_ops), describe(check))
+    return fused_path, check
+
+
+def _format_ops(ops: dict[str, int]) -> str:
+    return ", ".join(f"{count} {name}" for name, count in sorted(ops.items())) or "no patterns fused"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in (
+        "distilserve",
+        "torch",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "onnx",
+        "onnxruntime",
+        "tokenizers",
+        "numpy",
+    ):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _write_bundle(
+    output: Path,
+    options: ExportOptions,
+    checkpoint: _Checkpoint,
+    *,
+    served_path: Path,
+    tokenizer_path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    num_parameters: int,
+    quantization: QuantizationInfo,
+    parity: list[ParityCheck],
+) -> Manifest:
+    config = checkpoint.config
+    source = checkpoint.source
+    revision = options.revision
+    if not source.is_local:
+        # Pin what was actually downloaded: a branch name like "main" moves.
+        revision = getattr(config, "_commit_hash", None) or revision
+    labels: dict[int, str] = {}
+    if checkpoint.task == "text-classification":
+        labels = {int(index): str(label) for index, label in (config.id2label or {}).items()}
+    manifest_fields: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "task": checkpoint.task,
+        "model_type": str(config.model_type),
+        "labels": labels,
+        "problem_type": checkpoint.problem_type,
+        "max_length": checkpoint.max_length,
+        "input_names": input_names,
+        "output_names": output_names,
+        "hidden_size": getattr(config, "hidden_size", None),
+        "num_parameters": num_parameters,
+        "pooling": checkpoint.pooling,
+        "normalize": checkpoint.normalize,
+        "quantization": quantization,
+        "parity": parity,
+        "source": SourceInfo(
+            id=options.source_name or (str(source.local_dir) if source.local_dir else source.ref),
+            revision=revision,
+            sha256=weights_sha256(weight_files(source)),
+        ),
+        "versions": library_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        with atomic_bundle_dir(output, overwrite=options.overwrite) as staging:
+            shutil.move(str(served_path), staging / MODEL_NAME)
+            shutil.move(str(tokenizer_path), staging / TOKENIZER_NAME)
+            manifest = Manifest(**manifest_fields, files=hash_files(staging, [MODEL_NAME, TOKENIZER_NAME]))
+            (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    except BundleError as exc:
+        raise ExportError(str(exc)) from exc
+    return manifest
+
+
+def summary_lines(manifest: Manifest, bundle: Path) -> list[str]:
+    """A short, plain-text account of a bundle: what, how big, and how it checked out."""
+    quant = manifest.quantization
+    lines = [f"bundle {bundle}: {manifest.task}, {manifest.model_type}, max_length {manifest.max_length}"]
+    if quant.model_bytes is not None:
+        size = f"{MODEL_NAME} {quant.model_bytes / 1e6:.1f} MB"
+        if quant.mode == "int8" and quant.fp32_bytes:
+            details = [f"int8 {quant.weight_type}/{quant.activation_type} for {quant.isa}"]
+            details += ["per-channel"] if quant.per_channel else []
+            details += ["fused"] if quant.optimized_graph else []
+            size += (
+                f" ({', '.join(details)}; "
+                f"fp32 {quant.fp32_bytes / 1e6:.1f} MB, {quant.model_bytes / quant.fp32_bytes:.0%} of it)"
+            )
+        else:
+            size += " (fp32)"
+        lines.append(size)
+    lines.extend(describe(check) for check in manifest.parity)
+    return lines
