@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import uvicorn
 
@@ -17,7 +16,6 @@ __all__ = ["ServerSettings", "default_model_specs", "run"]
 logger = logging.getLogger(__name__)
 
 # Shipped with the repository (see model-zoo/), so a fresh clone classifies sentiment at once.
-MODEL_ZOO = Path(__file__).resolve().parent.parent / "model-zoo"
 DEFAULT_ZOO_MODELS = {"sst2-sentiment": "sst2-minilm-l3-int8"}
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 
@@ -27,8 +25,8 @@ def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
     shipped sentiment classifier."""
     specs = []
     for name, folder in DEFAULT_ZOO_MODELS.items():
-        if (MODEL_ZOO / folder / "distilserve.json").is_file():
-            specs.append(ModelSpec(name, MODEL_ZOO / folder))
+        if (settings.model_zoo / folder / "distilserve.json").is_file():
+            specs.append(ModelSpec(name, settings.model_zoo / folder))
     from models.export.default_model import default_bundle_dir, ensure_default_bundle
 
     bundle = default_bundle_dir(settings.cache_dir)

@@ -15,6 +15,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DISTILSERVE_CACHE_DIR", Path.home() / ".cache" / "distilserve"))
 
 
+def default_model_zoo() -> Path:
+    """The repository's ``model-zoo/`` (an editable install, or the working tree)."""
+    return Path(__file__).resolve().parent.parent / "model-zoo"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One ``NAME=BUNDLE_DIR`` entry of ``--model``."""
@@ -48,6 +53,10 @@ class ServerSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="where default bundles are built on first use"
+    )
+    model_zoo: Path = Field(
+        default_factory=default_model_zoo,
+        description="folder of shipped bundles served by default (the repository's model-zoo/)",
     )
     build_default: bool = Field(
         True, description="when no --model is given, build the default embedding bundle if it is missing"

@@ -1,0 +1,1 @@
+"""``distilserve bench``: a load generator for distilserve, its baselines, and their report."""

@@ -1,0 +1,1 @@
+"""What distilserve is measured against: the in-process ceiling, a plain PyTorch server, infinity-emb."""

@@ -1,0 +1,500 @@
+"""``distilserve bench``: load-test distilserve and its baselines in one invocation.
+
+    distilserve bench --classify-bundle model-zoo/sst2-minilm-l3-int8 \\
+        --qa-bundle bundles/minilm-qa-untrained-int8 \\
+        --embed-bundle ~/.cache/distilserve/bundles/all-minilm-l6-v2 \\
+        --output .distilserve/bench/results.json --plot-dir docs
+
+Phases run one after the other, so that only one thing uses the cores at a time:
+
+1. distilserve: ``distilserve serve`` with every bundle, as a subprocess on a free loopback port
+   (or the server at ``--url``), then every workload at every closed-loop concurrency and
+   open-loop rate, then the length sweep at concurrency 1;
+2. the ceiling: each bundle in this process through ``ModelRuntime.predict`` (no HTTP);
+3. the plain PyTorch server (FastAPI around a transformers pipeline, fp32), per task;
+4. infinity-emb with its optimum int8 engine, for the embedding workload.
+
+The report (JSON) holds every run, the ratios the targets are stated in, the machine, the
+commit and the command; ``--plot-dir`` also renders the two PNG plots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.bundle import Task, read_manifest
+from models.errors import DistilserveError
+from models.evaluation.data import DataError, default_data_dir
+from models.tasks import QAInput
+from server.bench.baselines import ceiling
+from server.bench.baselines.infinity import (
+    InfinityGraph,
+    InfinityUnavailableError,
+    infinity_server,
+    prepare_model,
+)
+from server.bench.baselines.torch_server import torch_server
+from server.bench.client import ClientKind, HttpClient, make_client, require_loopback
+from server.bench.gemm_peak import EncoderFlops, measure_gemm_peak
+from server.bench.loadgen import Bounds, RunResult, closed_loop, open_loop
+from server.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
+from server.bench.servers import ManagedServer, ServerStartError, distilserve_server
+from server.bench.workloads import (
+    Api,
+    Workload,
+    classify_workload,
+    embed_workload,
+    qa_workload,
+    sweep_workloads,
+)
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+Kind = Literal["classify", "qa", "embed"]
+WorkloadChoice = Literal["classify", "qa", "embed", "sweep"]
+Baseline = Literal["ceiling", "pytorch", "infinity"]
+ALL_WORKLOADS: tuple[WorkloadChoice, ...] = ("classify", "qa", "embed", "sweep")
+ALL_BASELINES: tuple[Baseline, ...] = ("ceiling", "pytorch", "infinity")
+ALL_INFINITY_GRAPHS: tuple[InfinityGraph, ...] = ("optimum", "distilserve")
+KIND_TASKS: dict[Kind, Task] = {
+    "classify": "text-classification",
+    "qa": "question-answering",
+    "embed": "feature-extraction",
+}
+
+
+class Settings(BaseSettings):
+    """``distilserve bench [--classify-bundle DIR] [--qa-bundle DIR] [--embed-bundle DIR] ...``"""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILSERVE_BENCH_", extra="ignore")
+
+    classify_bundle: Path | None = Field(None, description="classification bundle (SST-2 workload)")
+    qa_bundle: Path | None = Field(None, description="question-answering bundle (SQuAD workload)")
+    embed_bundle: Path | None = Field(None, description="embedding bundle (STS-B workload)")
+    url: str | None = Field(
+        None,
+        description="load-test the distilserve server already running here (loopback only) instead of "
+        "starting one; the bundles are still needed for tokens and the baselines",
+    )
+    workloads: list[WorkloadChoice] = Field(
+        default_factory=lambda: list(ALL_WORKLOADS),
+        description="workloads to run (those without a bundle are skipped)",
+    )
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(ALL_BASELINES), description="baselines to measure"
+    )
+    concurrency: list[int] = Field(
+        default_factory=lambda: [1, 8, 32, 128], description="closed-loop concurrency levels"
+    )
+    rates: list[float] = Field(
+        default_factory=list, description="open-loop target rates, requests per second (Poisson arrivals)"
+    )
+    requests: int = Field(2000, ge=1, description="most requests per run (each level is one run)")
+    duration_s: float = Field(15.0, gt=0, description="longest run, in seconds (whichever bound comes first)")
+    warmup_requests: int = Field(64, ge=0, description="unrecorded requests before each run")
+    qa_items: int = Field(1000, ge=1, description="SQuAD questions in the QA workload")
+    sweep_lengths: list[int] = Field(
+        default_factory=lambda: [8, 16, 64, 128, 256, 512],
+        description="sequence lengths of the latency sweep, in tokens",
+    )
+    sweep_requests: int = Field(200, ge=1, description="requests per length of the sweep")
+    classify_source: Path | None = Field(
+        None, description="PyTorch checkpoint of the classifier; default: the bundle's source folder"
+    )
+    qa_source: Path | None = Field(None, description="PyTorch checkpoint of the QA model")
+    embed_source: Path | None = Field(None, description="PyTorch checkpoint of the embedding model")
+    infinity_venv: Path = Field(
+        REPO_ROOT / ".bench-venvs" / "infinity", description="virtual environment with infinity-emb"
+    )
+    infinity_graphs: list[InfinityGraph] = Field(
+        default_factory=lambda: list(ALL_INFINITY_GRAPHS),
+        description="int8 graphs infinity serves: optimum's quantization, or distilserve's own graph",
+    )
+    client: ClientKind = Field("raw", description="HTTP client of the load generator")
+    compare_clients: bool = Field(
+        True, description="also run the first workload at c=32 with the other client, to show its cost"
+    )
+    gemm_peak: bool = Field(True, description="measure the int8 GEMM peak (useful GOPS / peak)")
+    serve_args: list[str] = Field(
+        default_factory=list, description="extra arguments for `distilserve serve` (e.g. --max-wait-ms=1)"
+    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="folder of the data sets")
+    work_dir: Path = Field(
+        REPO_ROOT / ".distilserve" / "bench", description="server logs and prepared baseline models"
+    )
+    output: Path = Field(REPO_ROOT / ".distilserve" / "bench" / "results.json", description="the JSON report")
+    markdown_output: Path | None = Field(None, description="also write the tables as Markdown here")
+    plot_dir: Path | None = Field(None, description="render the PNG plots into this folder")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["json", "text"] = Field("text", description="log format")
+
+    @field_validator("url")
+    @classmethod
+    def _loopback_only(cls, value: str | None) -> str | None:
+        if value is not None:
+            require_loopback(value)
+        return value.rstrip("/") if value else value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(level < 1 for level in value):
+            raise ValueError("concurrency levels must be at least 1")
+        return value
+
+    def bundle_for(self, kind: Kind) -> Path | None:
+        return {"classify": self.classify_bundle, "qa": self.qa_bundle, "embed": self.embed_bundle}[kind]
+
+    def source_for(self, kind: Kind) -> Path | None:
+        return {"classify": self.classify_source, "qa": self.qa_source, "embed": self.embed_source}[kind]
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(self.requests, self.duration_s, self.warmup_requests)
+
+
+@dataclass
+class Planned:
+    kind: Kind
+    bundle: Path
+    workload: Workload
+
+
+def _run_async(coroutine: Awaitable[T]) -> T:
+    """Run on uvloop when it is installed (it is, with uvicorn[standard]): a cheaper client loop."""
+
+    async def wrapper() -> T:
+        return await coroutine
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(wrapper())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(wrapper())
+
+
+def checkpoint_for(bundle: Path, explicit: Path | None) -> Path | None:
+    """The PyTorch checkpoint a bundle was exported from, when it is a folder on this machine."""
+    if explicit is not None:
+        return explicit
+    source = read_manifest(bundle).source.id
+    if Path(source).is_dir():
+        return Path(source)
+    from models.export.default_model import DEFAULT_SOURCE_ID, minilm_source
+
+    if source == DEFAULT_SOURCE_ID:
+        with contextlib.suppress(DistilserveError):
+            return minilm_source()[0]
+    return None
+
+
+def _flops(bundle: Path) -> EncoderFlops | None:
+    try:
+        return EncoderFlops.from_bundle(bundle)
+    except ImportError:
+        return None
+
+
+def plan_workloads(settings: Settings, report: BenchReport) -> list[Planned]:
+    builders = {"classify": classify_workload, "qa": qa_workload, "embed": embed_workload}
+    planned: list[Planned] = []
+    for kind in ("classify", "qa", "embed"):
+        if kind not in settings.workloads:
+            continue
+        bundle = settings.bundle_for(kind)
+        if bundle is None:
+            report.notes.append(f"{kind}: no --{kind}-bundle given; workload skipped")
+            continue
+        task = read_manifest(bundle).task
+        if task != KIND_TASKS[kind]:
+            raise DataError(bundle, f"bundle serves {task}; the {kind} workload needs {KIND_TASKS[kind]}")
+        limit = settings.qa_items if kind == "qa" else None
+        workload = builders[kind](bundle, settings.data_dir, limit, _flops(bundle))
+        report.workloads[workload.name] = {
+            "kind": kind,
+            "task": workload.task,
+            "bundle": str(bundle),
+            "items": len(workload),
+            "mean_tokens": workload.mean_tokens,
+            "flops_per_item": workload.total_flops / len(workload) if workload.flops else 0.0,
+        }
+        planned.append(Planned(kind, bundle, workload))
+    return planned
+
+
+def plan_sweep(settings: Settings, report: BenchReport) -> tuple[Kind, Path, list[Workload]] | None:
+    if "sweep" not in settings.workloads:
+        return None
+    for kind in ("classify", "embed"):
+        bundle = settings.bundle_for(kind)
+        if bundle is not None:
+            workloads, skipped = sweep_workloads(
+                bundle, settings.data_dir, settings.sweep_lengths, flops=_flops(bundle)
+            )
+            report.sweep_skipped = skipped
+            return kind, bundle, workloads
+    report.notes.append("sweep: needs a classification or embedding bundle; skipped")
+    return None
+
+
+async def _levels(
+    client: HttpClient,
+    settings: Settings,
+    workload: Workload,
+    target: str,
+    api: Api = "distilserve",
+    model: str | None = None,
+    concurrency: Sequence[int] | None = None,
+) -> list[RunResult]:
+    requests = workload.requests(model, api)
+    results = []
+    for level in settings.concurrency if concurrency is None else concurrency:
+        result = await closed_loop(
+            client, requests, level, settings.bounds, target=target, workload=workload.name
+        )
+        logger.info(
+            "%s %s c=%d: %.1f items/s, p50 %.2f ms, errors %s",
+            target,
+            workload.name,
+            level,
+            result.items_per_s,
+            result.latency_ms["p50"],
+            result.errors or 0,
+        )
+        results.append(result)
+    for rate in settings.rates:
+        result = await open_loop(
+            client, requests, rate, settings.bounds, target=target, workload=workload.name
+        )
+        logger.info(
+            "%s %s open %.0f/s: %.1f items/s, p99 %.2f ms",
+            target,
+            workload.name,
+            rate,
+            result.items_per_s,
+            result.latency_ms["p99"],
+        )
+        results.append(result)
+    return results
+
+
+async def _sweep(
+    client: HttpClient, settings: Settings, workloads: Sequence[Workload], target: str
+) -> tuple[list[RunResult], list[SweepPoint]]:
+    bounds = Bounds(settings.sweep_requests, settings.duration_s, min(settings.warmup_requests, 16))
+    runs: list[RunResult] = []
+    points: list[SweepPoint] = []
+    for workload in workloads:
+        result = await closed_loop(
+            client, workload.requests(None), 1, bounds, target=target, workload=workload.name
+        )
+        runs.append(result)
+        points.append(SweepPoint(workload.tokens[0], target, result.latency_ms))
+    return runs, points
+
+
+@contextlib.contextmanager
+def _maybe_server(server: ManagedServer | None) -> Iterator[None]:
+    if server is None:
+        yield
+        return
+    with server:
+        yield
+
+
+def phase_distilserve(
+    settings: Settings,
+    report: BenchReport,
+    planned: Sequence[Planned],
+    sweep: tuple[Kind, Path, list[Workload]] | None,
+) -> None:
+    server: ManagedServer | None = None
+    url = settings.url
+    if url is None:
+        models: dict[str, Path] = {item.kind: item.bundle for item in planned}
+        if sweep is not None:
+            models.setdefault(sweep[0], sweep[1])
+        server = distilserve_server(models, settings.work_dir / "logs", settings.serve_args)
+        url = server.url
+
+    async def measure(target_url: str) -> None:
+        client = make_client(settings.client, target_url)
+        try:
+            for item in planned:
+                report.runs += await _levels(client, settings, item.workload, DISTILSERVE)
+            if sweep is not None:
+                runs, points = await _sweep(client, settings, sweep[2], f"{DISTILSERVE} (HTTP)")
+                report.runs += runs
+                report.sweep += points
+        finally:
+            await client.aclose()
+        if settings.compare_clients and planned:
+            other: ClientKind = "httpx" if settings.client == "raw" else "raw"
+            client = make_client(other, target_url)
+            try:
+                report.runs += await _levels(
+                    client, settings, planned[0].workload, f"{DISTILSERVE} ({other} client)", concurrency=[32]
+                )
+            finally:
+                await client.aclose()
+
+    with _maybe_server(server):
+        _run_async(measure(url))
+
+
+def phase_ceiling(
+    settings: Settings,
+    report: BenchReport,
+    planned: Sequence[Planned],
+    sweep: tuple[Kind, Path, list[Workload]] | None,
+) -> None:
+    for item in planned:
+        result = ceiling.measure_throughput(
+            item.bundle,
+            item.workload.items,
+            item.workload.tokens,
+            workload=item.workload.name,
+            max_items=settings.requests,
+            max_duration_s=settings.duration_s,
+        )
+        logger.info("ceiling %s: %.1f items/s", item.workload.name, result.items_per_s)
+        report.ceiling.append(result)
+    if sweep is not None:
+        for workload in sweep[2]:
+            latency = ceiling.measure_latency(
+                sweep[1], workload.items, requests=settings.sweep_requests, max_duration_s=settings.duration_s
+            )
+            report.sweep.append(SweepPoint(workload.tokens[0], "in-process ORT (no HTTP)", latency))
+
+
+def phase_pytorch(
+    settings: Settings,
+    report: BenchReport,
+    planned: Sequence[Planned],
+    sweep: tuple[Kind, Path, list[Workload]] | None,
+) -> None:
+    kinds = {item.kind: item for item in planned}
+    if sweep is not None and sweep[0] not in kinds:
+        kinds[sweep[0]] = Planned(sweep[0], sweep[1], sweep[2][0])
+    for kind, item in kinds.items():
+        checkpoint = checkpoint_for(item.bundle, settings.source_for(kind))
+        if checkpoint is None:
+            report.notes.append(f"pytorch {kind}: no checkpoint folder (pass --{kind}-source); skipped")
+            continue
+        server = torch_server(checkpoint, KIND_TASKS[kind], settings.work_dir / "logs")
+
+        async def measure(url: str, current: Planned = item, current_kind: Kind = kind) -> None:
+            client = make_client(settings.client, url)
+            try:
+                if any(entry.kind == current_kind for entry in planned):
+                    report.runs += await _levels(client, settings, current.workload, PYTORCH)
+                if sweep is not None and sweep[0] == current_kind:
+                    runs, points = await _sweep(client, settings, sweep[2], f"{PYTORCH} (HTTP)")
+                    report.runs += runs
+                    report.sweep += points
+            finally:
+                await client.aclose()
+
+        try:
+            with server:
+                _run_async(measure(server.url))
+        except ServerStartError as exc:
+            report.notes.append(f"pytorch {kind}: server did not start: {exc}")
+
+
+def phase_infinity(settings: Settings, report: BenchReport, planned: Sequence[Planned]) -> None:
+    embed = next((item for item in planned if item.kind == "embed"), None)
+    if embed is None:
+        return
+    checkpoint = checkpoint_for(embed.bundle, settings.embed_source)
+    if checkpoint is None:
+        report.notes.append(
+            "infinity: no checkpoint folder for the embedding model (--embed-source); skipped"
+        )
+        return
+    for graph in settings.infinity_graphs:
+        target = f"infinity ({graph} int8)"
+        try:
+            folder = prepare_model(
+                graph, checkpoint, embed.bundle, settings.infinity_venv, settings.work_dir / "infinity-models"
+            )
+            server = infinity_server(
+                folder,
+                settings.infinity_venv,
+                settings.work_dir / "logs",
+                served_name="minilm",
+                hf_home=settings.work_dir / "hf-home",
+            )
+
+            async def measure(url: str, name: str = target) -> None:
+                client = make_client(settings.client, url)
+                try:
+                    report.runs += await _levels(client, settings, embed.workload, name, "infinity", "minilm")
+                finally:
+                    await client.aclose()
+
+            with server:
+                _run_async(measure(server.url))
+        except (InfinityUnavailableError, ServerStartError) as exc:
+            report.notes.append(f"{target}: not measured: {exc}")
+
+
+def run(settings: Settings) -> int:
+    report = BenchReport.start(REPO_ROOT, sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    try:
+        planned = plan_workloads(settings, report)
+        sweep = plan_sweep(settings, report)
+    except (DataError, DistilserveError, ValueError) as exc:
+        print(f"distilserve bench: {exc}", file=sys.stderr)
+        return 1
+    if not planned and sweep is None:
+        print("distilserve bench: nothing to run: give at least one bundle", file=sys.stderr)
+        return 2
+    if settings.gemm_peak:
+        try:
+            report.gemm_peak = measure_gemm_peak()
+        except ImportError as exc:
+            report.notes.append(f"GEMM peak not measured: {exc}")
+    try:
+        phase_distilserve(settings, report, planned, sweep)
+    except ServerStartError as exc:
+        print(f"distilserve bench: {exc}", file=sys.stderr)
+        return 1
+    if "ceiling" in settings.baselines:
+        phase_ceiling(settings, report, planned, sweep)
+    if "pytorch" in settings.baselines:
+        phase_pytorch(settings, report, planned, sweep)
+    if "infinity" in settings.baselines:
+        phase_infinity(settings, report, planned)
+    report.finish()
+    settings.output.parent.mkdir(parents=True, exist_ok=True)
+    settings.output.write_text(report.to_json(), encoding="utf-8")
+    tables = markdown(report)
+    print(tables)
+    if settings.markdown_output is not None:
+        settings.markdown_output.parent.mkdir(parents=True, exist_ok=True)
+        settings.markdown_output.write_text(tables, encoding="utf-8")
+    if settings.plot_dir is not None:
+        from server.bench.plot import render
+
+        for path in render(report, settings.plot_dir):
+            print(f"plot: {path}")
+    print(f"report: {settings.output}")
+    return 0
+
+
+# Kept importable for tests that build QA items without the data files.
+__all__ = ["QAInput", "Settings", "checkpoint_for", "run"]

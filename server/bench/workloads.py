@@ -1,0 +1,192 @@
+"""Benchmark workloads from the shared data sets, as items (for the in-process ceiling) and as
+pre-encoded HTTP requests (for the servers).
+
+* classify: SST-2 dev sentences, one per request;
+* qa: SQuAD v1.1 dev (question, context) pairs, one per request;
+* embed: STS-B dev sentences (both columns), one per request;
+* sweep: synthetic texts of exactly 8, 16, ... 512 tokens (special tokens included, counted by
+  the bundle's own tokenizer), cut from SST-2 sentences, for latency against length.
+
+One item per request is the online case the dynamic batcher exists for: every batch the
+server runs is assembled from concurrent requests. Token counts come from the bundle's
+tokenizer and task processor, so QA counts every window of a long context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from models.bundle import TOKENIZER_NAME, Task, read_manifest
+from models.evaluation.data import SQUAD_DEV, SST2_DEV, STSB_DEV, read_squad, read_sst2, read_stsb
+from models.tasks import QAInput, processor_for
+from models.tokenization import ThreadSafeTokenizer
+from server.bench.gemm_peak import EncoderFlops
+from server.bench.loadgen import BenchRequest
+
+WorkloadName = Literal["classify", "qa", "embed", "sweep"]
+# The request shape a server speaks: distilserve's routes (which the PyTorch baseline copies),
+# or infinity's OpenAI-style /embeddings.
+Api = Literal["distilserve", "infinity"]
+ROUTES: dict[Task, str] = {
+    "text-classification": "/v1/classify",
+    "question-answering": "/v1/answer",
+    "feature-extraction": "/v1/embeddings",
+}
+
+
+@dataclass
+class Workload:
+    name: str
+    task: Task
+    items: list[Any]  # str, or QAInput for question answering
+    tokens: list[int]  # model tokens of each item (all rows, special tokens included)
+    flops: list[float] = field(default_factory=list)  # useful operations per item, when counted
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def mean_tokens(self) -> float:
+        return sum(self.tokens) / max(len(self.tokens), 1)
+
+    def requests(self, model: str | None, api: Api = "distilserve") -> list[BenchRequest]:
+        """One request per item, JSON encoded once, up front (the client only sends bytes)."""
+        flops = self.flops or [0.0] * len(self.items)
+        return [
+            BenchRequest(self.path(api), encode_body(self.task, item, model, api), 1, tokens, item_flops)
+            for item, tokens, item_flops in zip(self.items, self.tokens, flops, strict=True)
+        ]
+
+    @property
+    def total_flops(self) -> float:
+        return sum(self.flops)
+
+    def path(self, api: Api) -> str:
+        if api == "infinity":
+            if self.task != "feature-extraction":
+                raise ValueError("infinity serves embeddings only")
+            return "/embeddings"
+        return ROUTES[self.task]
+
+
+def encode_body(task: Task, item: Any, model: str | None, api: Api = "distilserve") -> bytes:
+    body: dict[str, Any]
+    if api == "infinity":
+        body = {"input": [item]}
+    elif task == "question-answering":
+        body = {"inputs": {"question": item.question, "context": item.context}}
+    else:
+        body = {"input": item}
+    if model is not None:
+        body["model"] = model
+    return orjson.dumps(body)
+
+
+class BundleTokens:
+    """The bundle's tokenizer and task processor, without an ONNX session: counts model tokens."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.manifest = read_manifest(bundle)
+        self.tokenizer = ThreadSafeTokenizer.from_file(bundle / TOKENIZER_NAME)
+        self.processor = processor_for(self.manifest, self.tokenizer)
+
+    def row_lengths(self, item: Any) -> list[int]:
+        """Tokens of each model row of the item (a long QA context makes several windows)."""
+        return [len(row) for row in self.processor.prepare(item, self.processor.default_params()).rows]
+
+
+def _workload(name: str, bundle: Path, items: list[Any], flops: EncoderFlops | None) -> Workload:
+    counter = BundleTokens(bundle)
+    rows = [counter.row_lengths(item) for item in items]
+    per_item = [sum(flops.per_sequence(length) for length in lengths) for lengths in rows] if flops else []
+    return Workload(name, counter.manifest.task, items, [sum(lengths) for lengths in rows], per_item)
+
+
+def classify_workload(
+    bundle: Path, data_dir: Path, limit: int | None = None, flops: EncoderFlops | None = None
+) -> Workload:
+    return _workload("sst2-classify", bundle, read_sst2(data_dir / SST2_DEV, limit).texts, flops)
+
+
+def qa_workload(
+    bundle: Path, data_dir: Path, limit: int | None = None, flops: EncoderFlops | None = None
+) -> Workload:
+    examples = read_squad(data_dir / SQUAD_DEV, limit)
+    items = [QAInput(question=example.question, context=example.context) for example in examples]
+    return _workload("squad-qa", bundle, items, flops)
+
+
+def embed_workload(
+    bundle: Path, data_dir: Path, limit: int | None = None, flops: EncoderFlops | None = None
+) -> Workload:
+    pairs = read_stsb(data_dir / STSB_DEV, None if limit is None else (limit + 1) // 2)
+    sentences = [sentence for pair in zip(pairs.first, pairs.second, strict=True) for sentence in pair]
+    return _workload("stsb-embed", bundle, sentences[:limit] if limit else sentences, flops)
+
+
+def text_of_length(
+    tokenizer: ThreadSafeTokenizer, words: Sequence[str], length: int, start: int = 0
+) -> str | None:
+    """A run of ``words`` that encodes to exactly ``length`` tokens (special tokens included).
+
+    Token counts never shrink as words are added, so the shortest run reaching ``length`` is
+    found by bisection; a run that overshoots (its last word is several tokens) is retried
+    from the next starting word. None when no start within a few hundred words works.
+    """
+    for first in range(start, min(start + 300, len(words))):
+        # Every word is at least one token, so ``length`` words are always enough.
+        low, high = 1, min(len(words) - first, length)
+        if tokenizer.count_tokens(" ".join(words[first : first + high])) < length:
+            return None
+        while low < high:
+            middle = (low + high) // 2
+            if tokenizer.count_tokens(" ".join(words[first : first + middle])) >= length:
+                high = middle
+            else:
+                low = middle + 1
+        text = " ".join(words[first : first + low])
+        if tokenizer.count_tokens(text) == length:
+            return text
+    return None
+
+
+def sweep_workloads(
+    bundle: Path,
+    data_dir: Path,
+    lengths: Sequence[int],
+    variants: int = 8,
+    flops: EncoderFlops | None = None,
+) -> tuple[list[Workload], list[int]]:
+    """One workload per length the bundle accepts (``variants`` different texts each), and the
+    lengths skipped because they exceed the bundle's limit."""
+    counter = BundleTokens(bundle)
+    if counter.manifest.task == "question-answering":
+        raise ValueError("the length sweep takes a classification or embedding bundle")
+    words = " ".join(read_sst2(data_dir / SST2_DEV).texts).split()
+    workloads: list[Workload] = []
+    skipped: list[int] = []
+    for length in lengths:
+        if length > counter.manifest.max_length or length < 3:
+            skipped.append(length)
+            continue
+        texts: list[str] = []
+        start = 0
+        while len(texts) < variants and start < len(words):
+            text = text_of_length(counter.tokenizer, words, length, start)
+            if text is None:
+                break
+            texts.append(text)
+            start += 97  # different texts, not shifted copies of one
+        if not texts:
+            skipped.append(length)
+            continue
+        per_item = [flops.per_sequence(length)] * len(texts) if flops else []
+        workloads.append(
+            Workload(f"sweep-{length}", counter.manifest.task, texts, [length] * len(texts), per_item)
+        )
+    return workloads, skipped
