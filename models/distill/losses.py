@@ -1,0 +1,91 @@
+"""Distillation losses.
+
+    loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
+         + beta * CE(z_s, labels)
+         + cosine * (1 - cos(h_s, h_t))            (averaged over real tokens)
+
+The T^2 factor (Hinton et al. 2015) keeps the soft-target gradients on the same scale as the
+hard-label ones whatever the temperature, since the gradient of the softened KL shrinks as 1/T^2.
+The cosine term is DistilBERT's: it aligns the direction of the student's last hidden states
+with the teacher's. Every term is a mean over the batch, so loss values do not depend on the
+batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_target_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``, averaged over the rows."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+    # log_target: the teacher side in log space avoids log(0) for confident teachers.
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def hidden_cosine_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``1 - cos(h_s, h_t)`` per token, averaged over the real (unpadded) tokens."""
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"hidden states differ in shape: student {tuple(student_hidden.shape)}, "
+            f"teacher {tuple(teacher_hidden.shape)} (the cosine loss needs the teacher's width)"
+        )
+    cosine = F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)
+    mask = attention_mask.to(cosine.dtype)
+    return ((1.0 - cosine) * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class DistillWeights:
+    temperature: float = 2.0
+    alpha: float = 0.5
+    beta: float = 0.5
+    cosine: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if min(self.alpha, self.beta, self.cosine) < 0:
+            raise ValueError("alpha, beta and the cosine weight must not be negative")
+        if self.alpha == self.beta == self.cosine == 0:
+            raise ValueError("alpha, beta and the cosine weight are all 0: nothing to train on")
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    weights: DistillWeights,
+    *,
+    student_hidden: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted total, and each term's value for the progress bar and the logs."""
+    parts: dict[str, torch.Tensor] = {}
+    total = student_logits.new_zeros(())
+    if weights.alpha > 0:
+        parts["kd"] = soft_target_kl(student_logits, teacher_logits, weights.temperature)
+        total = total + weights.alpha * parts["kd"]
+    if weights.beta > 0:
+        if labels is None:
+            raise ValueError("beta > 0 needs labels; the training file has none (set beta to 0)")
+        parts["ce"] = F.cross_entropy(student_logits, labels)
+        total = total + weights.beta * parts["ce"]
+    if weights.cosine > 0:
+        if student_hidden is None or teacher_hidden is None or attention_mask is None:
+            raise ValueError("the cosine loss needs student and teacher hidden states and the attention mask")
+        parts["cos"] = hidden_cosine_loss(student_hidden, teacher_hidden, attention_mask)
+        total = total + weights.cosine * parts["cos"]
+    return total, {name: float(value.detach()) for name, value in parts.items()}

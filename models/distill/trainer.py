@@ -1,0 +1,350 @@
+"""The one training loop, shared by ``finetune`` and ``distill``.
+
+What differs between the two modes is only the objective (plain cross-entropy on labels, or the
+distillation loss against cached teacher logits); the loop itself (length-grouped batches,
+AdamW with linear warm-up and decay, gradient clipping, progress bar, dev evaluation, keeping
+the best checkpoint) is this module's ``train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from models.distill.data import EncodedSet, collate, length_grouped_batches, sorted_batches
+from models.distill.losses import DistillWeights, distillation_loss
+
+logger = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch generators (dropout masks, classifier initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when one is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in batch.items() if name in MODEL_INPUTS}
+
+
+class Objective(Protocol):
+    """The loss of one batch of rows (``indices`` index the training set, for cached targets)."""
+
+    def __call__(
+        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class FinetuneObjective:
+    """Cross-entropy on the labels: how a teacher is made."""
+
+    def __call__(
+        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if "labels" not in batch:
+            raise ValueError("fine-tuning needs labels; the training file has none")
+        logits = model(**model_inputs(batch)).logits
+        loss = F.cross_entropy(logits, batch["labels"])
+        return loss, {"ce": float(loss.detach())}
+
+
+class DistillObjective:
+    """The distillation loss against teacher logits computed once, before training.
+
+    The cosine term needs the teacher's hidden states, which are too large to cache (tokens x
+    width floats per row), so with ``weights.cosine > 0`` the teacher also runs on every batch.
+    """
+
+    def __init__(self, teacher_logits: torch.Tensor, weights: DistillWeights, teacher: Any = None) -> None:
+        if weights.cosine > 0 and teacher is None:
+            raise ValueError("the cosine loss needs the teacher model")
+        self.teacher_logits = teacher_logits
+        self.weights = weights
+        self.teacher = teacher
+
+    def __call__(
+        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = model_inputs(batch)
+        use_hidden = self.weights.cosine > 0
+        outputs = model(**inputs, output_hidden_states=use_hidden)
+        student_hidden = teacher_hidden = None
+        if use_hidden:
+            with torch.no_grad():
+                teacher_hidden = self.teacher(**inputs, output_hidden_states=True).hidden_states[-1]
+            student_hidden = outputs.hidden_states[-1]
+        target = self.teacher_logits[torch.as_tensor(indices, device=self.teacher_logits.device)]
+        return distillation_loss(
+            outputs.logits,
+            target,
+            batch.get("labels"),
+            self.weights,
+            student_hidden=student_hidden,
+            teacher_hidden=teacher_hidden,
+            attention_mask=batch["attention_mask"],
+        )
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: Any,
+    data: EncodedSet,
+    *,
+    pad_token_id: int,
+    device: torch.device,
+    batch_size: int = 64,
+    progress: bool = False,
+    description: str = "predict",
+) -> np.ndarray:
+    """Logits ``(rows, labels)`` in row order, from length-sorted batches."""
+    was_training = model.training
+    model.eval()
+    outputs: list[np.ndarray] = [np.empty(0)] * len(data)
+    for indices in tqdm(
+        sorted_batches(data.lengths, batch_size),
+        desc=description,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+    ):
+        batch = collate(data, indices, pad_token_id, device)
+        logits = model(**model_inputs(batch)).logits.float().cpu().numpy()
+        for index, row in zip(indices, logits, strict=True):
+            outputs[index] = row
+    model.train(was_training)
+    return np.stack(outputs)
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    eval_batch_size: int = 64
+    best_metric: Literal["accuracy", "agreement"] = "accuracy"
+    seed: int = 42
+    progress: bool = True
+
+
+@dataclass
+class EvalRecord:
+    step: int
+    epoch: float
+    accuracy: float | None
+    agreement: float | None
+    seconds: float
+
+    def score(self, metric: str = "accuracy") -> float | None:
+        """What "best" means: dev accuracy, or agreement with the teacher's dev predictions.
+
+        Either falls back to the other when it is missing (a dev file without labels has no
+        accuracy; fine-tuning has no teacher to agree with).
+        """
+        first, second = (
+            (self.accuracy, self.agreement) if metric == "accuracy" else (self.agreement, self.accuracy)
+        )
+        return first if first is not None else second
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_seconds: float
+    train_samples_per_second: float
+    final_loss: float
+    evaluations: list[EvalRecord] = field(default_factory=list)
+    best: EvalRecord | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    model: Any,
+    dev: EncodedSet,
+    *,
+    pad_token_id: int,
+    device: torch.device,
+    batch_size: int,
+    reference_predictions: np.ndarray | None,
+    step: int,
+    epoch: float,
+) -> EvalRecord:
+    started = time.perf_counter()
+    predictions = predict_logits(model, dev, pad_token_id=pad_token_id, device=device, batch_size=batch_size)
+    predicted = predictions.argmax(axis=-1)
+    accuracy = None if dev.labels is None else float(np.mean(predicted == np.asarray(dev.labels)))
+    agreement = None if reference_predictions is None else float(np.mean(predicted == reference_predictions))
+    return EvalRecord(step, epoch, accuracy, agreement, time.perf_counter() - started)
+
+
+def _optimizer(model: Any, options: TrainOptions) -> torch.optim.Optimizer:
+    # The usual BERT recipe: no weight decay on biases and LayerNorm weights.
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(
+            parameter
+        )
+    groups = [
+        {"params": decay, "weight_decay": options.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=options.learning_rate)
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(
+    model: Any,
+    train_set: EncodedSet,
+    objective: Objective,
+    options: TrainOptions,
+    *,
+    pad_token_id: int,
+    device: torch.device,
+    dev_set: EncodedSet | None = None,
+    dev_reference: np.ndarray | None = None,
+    on_best: Callable[[EvalRecord | None], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; call ``on_best`` each time the dev score improves.
+
+    Without a dev set, ``on_best(None)`` is called once, after the last step. ``dev_reference``
+    holds the teacher's dev predictions (class ids), for the student-teacher agreement.
+    """
+    seed_everything(options.seed)
+    rng = random.Random(options.seed)
+    lengths = train_set.lengths
+    per_epoch = math.ceil(len(train_set) / options.batch_size)
+    total_steps = per_epoch * options.epochs
+    optimizer = _optimizer(model, options)
+    scheduler = _linear_schedule(optimizer, total_steps, options.warmup_ratio)
+    model.to(device)
+    model.train()
+
+    result = TrainResult(steps=0, train_seconds=0.0, train_samples_per_second=0.0, final_loss=float("nan"))
+    best_score = -math.inf
+
+    def run_eval(step: int, epoch: float) -> None:
+        nonlocal best_score
+        if dev_set is None:
+            return
+        record = evaluate(
+            model,
+            dev_set,
+            pad_token_id=pad_token_id,
+            device=device,
+            batch_size=options.eval_batch_size,
+            reference_predictions=dev_reference,
+            step=step,
+            epoch=epoch,
+        )
+        result.evaluations.append(record)
+        score = record.score(options.best_metric)
+        improved = step > 0 and score is not None and score > best_score
+        logger.info(
+            "dev evaluation",
+            extra={
+                "step": step,
+                "epoch": round(epoch, 3),
+                "accuracy": record.accuracy,
+                "agreement": record.agreement,
+                "best": improved,
+            },
+        )
+        if improved and score is not None:
+            best_score = score
+            result.best = record
+            if on_best is not None:
+                on_best(record)
+
+    # The untrained model's score: a baseline for the log (a truncated student before
+    # distillation, or a base model with a random head), never saved as the best.
+    run_eval(0, 0.0)
+    samples = 0
+    running_loss: float | None = None
+    train_seconds = 0.0
+    step = 0
+    progress = tqdm(
+        total=total_steps,
+        desc="train",
+        disable=not options.progress,
+        unit="step",
+        dynamic_ncols=True,
+        # Redrawn ten times a second on a terminal; in a log file, one line every 30 seconds.
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
+    for epoch in range(options.epochs):
+        batches = length_grouped_batches(lengths, options.batch_size, rng)
+        for indices in batches:
+            started = time.perf_counter()
+            batch = collate(train_set, indices, pad_token_id, device)
+            loss, parts = objective(model, batch, indices)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if options.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            train_seconds += time.perf_counter() - started
+            samples += len(indices)
+            value = float(loss.detach())
+            running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value
+            progress.update(1)
+            progress.set_postfix(
+                loss=f"{running_loss:.4f}",
+                **{name: f"{part:.3f}" for name, part in parts.items()},
+                lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                samples_s=f"{samples / max(train_seconds, 1e-9):.0f}",
+                refresh=False,
+            )
+            if options.eval_every and step % options.eval_every == 0 and step % per_epoch:
+                run_eval(step, step / per_epoch)
+        run_eval(step, float(epoch + 1))
+    progress.close()
+    result.steps = step
+    result.train_seconds = train_seconds
+    result.train_samples_per_second = samples / max(train_seconds, 1e-9)
+    result.final_loss = running_loss if running_loss is not None else float("nan")
+    if dev_set is None and on_best is not None:
+        on_best(None)
+    return result
