@@ -159,6 +159,18 @@ def test_distilled_checkpoint_exports_and_matches(
     student = logits_of(classifier(distilled["student"]), distilled["student"], texts).argmax(-1)
     assert np.mean(np.asarray(served) == student) >= 0.9
 
+    # And the exported student serves over HTTP, with the same answers as the library.
+    from starlette.testclient import TestClient
+
+    from server.app import build_app
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(model=[f"student={bundle}"])
+    with TestClient(build_app(settings, settings.model_specs)) as client:
+        response = client.post("/v1/classify", json={"input": texts[:8]})
+    assert response.status_code == 200, response.text
+    assert [item["label"] for item in response.json()["data"]] == [LABELS[index] for index in served[:8]]
+
 
 def test_finetune_mode_makes_a_classifier(
     tiny_checkpoints: Checkpoints, toy_files: dict[str, Any], tmp_path: Path
