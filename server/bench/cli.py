@@ -25,7 +25,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -35,7 +35,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from models.bundle import Task, read_manifest
 from models.errors import DistilserveError
 from models.evaluation.data import DataError, default_data_dir
-from models.tasks import QAInput
 from server.bench.baselines import ceiling
 from server.bench.baselines.infinity import (
     InfinityGraph,
@@ -44,9 +43,9 @@ from server.bench.baselines.infinity import (
     prepare_model,
 )
 from server.bench.baselines.torch_server import torch_server
-from server.bench.client import ClientKind, HttpClient, make_client, require_loopback
+from server.bench.client import ClientKind, HttpClient, RawHttpClient, make_client, require_loopback
 from server.bench.gemm_peak import EncoderFlops, measure_gemm_peak
-from server.bench.loadgen import Bounds, RunResult, closed_loop, open_loop
+from server.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
 from server.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
 from server.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from server.bench.workloads import (
@@ -64,7 +63,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 Kind = Literal["classify", "qa", "embed"]
 WorkloadChoice = Literal["classify", "qa", "embed", "sweep"]
-Baseline = Literal["ceiling", "pytorch", "infinity"]
+# "none" alone runs distilserve only (a list flag cannot be given empty).
+Baseline = Literal["ceiling", "pytorch", "infinity", "none"]
 ALL_WORKLOADS: tuple[WorkloadChoice, ...] = ("classify", "qa", "embed", "sweep")
 ALL_BASELINES: tuple[Baseline, ...] = ("ceiling", "pytorch", "infinity")
 ALL_INFINITY_GRAPHS: tuple[InfinityGraph, ...] = ("optimum", "distilserve")
@@ -93,7 +93,8 @@ class Settings(BaseSettings):
         description="workloads to run (those without a bundle are skipped)",
     )
     baselines: list[Baseline] = Field(
-        default_factory=lambda: list(ALL_BASELINES), description="baselines to measure"
+        default_factory=lambda: list(ALL_BASELINES),
+        description="baselines to measure (none: only distilserve)",
     )
     concurrency: list[int] = Field(
         default_factory=lambda: [1, 8, 32, 128], description="closed-loop concurrency levels"
@@ -105,6 +106,9 @@ class Settings(BaseSettings):
     duration_s: float = Field(15.0, gt=0, description="longest run, in seconds (whichever bound comes first)")
     warmup_requests: int = Field(64, ge=0, description="unrecorded requests before each run")
     qa_items: int = Field(1000, ge=1, description="SQuAD questions in the QA workload")
+    items_per_request: int = Field(
+        1, ge=1, description="items (texts, QA pairs) per request; 1 is the online case the batcher is for"
+    )
     sweep_lengths: list[int] = Field(
         default_factory=lambda: [8, 16, 64, 128, 256, 512],
         description="sequence lengths of the latency sweep, in tokens",
@@ -250,6 +254,66 @@ def plan_sweep(settings: Settings, report: BenchReport) -> tuple[Kind, Path, lis
     return None
 
 
+# distilserve's own histograms, read from /metrics before and after each run: what its batches
+# looked like under that load (the evidence a profile would otherwise have to provide).
+SERVER_HISTOGRAMS = (
+    "distilserve_batch_size",
+    "distilserve_padding_ratio",
+    "distilserve_inference_seconds",
+    "distilserve_tokenization_seconds",
+    "distilserve_queue_wait_seconds",
+)
+
+
+def parse_histogram_totals(text: str) -> dict[str, float]:
+    """``{name_sum: x, name_count: n}`` over every label set, for ``SERVER_HISTOGRAMS``."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(SERVER_HISTOGRAMS):
+            continue
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{", 1)[0]
+        if metric.endswith(("_sum", "_count")):
+            totals[metric] = totals.get(metric, 0.0) + float(value)
+    return totals
+
+
+async def _server_totals(url: str | None) -> dict[str, float] | None:
+    if url is None:
+        return None
+    scraper = RawHttpClient(url)
+    try:
+        status, body = await scraper.get("/metrics")
+    except OSError:
+        return None
+    finally:
+        await scraper.aclose()
+    return parse_histogram_totals(body.decode()) if status == 200 else None
+
+
+def server_side(before: dict[str, float], after: dict[str, float], duration_s: float) -> dict[str, float]:
+    """Per-run means from the difference of two scrapes."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = delta("distilserve_batch_size_count")
+    requests = delta("distilserve_tokenization_seconds_count")
+    if batches <= 0:
+        return {}
+    return {
+        "server_batches": batches,
+        "server_mean_batch_rows": delta("distilserve_batch_size_sum") / batches,
+        "server_mean_padding_share": delta("distilserve_padding_ratio_sum") / batches,
+        "server_inference_busy_share": delta("distilserve_inference_seconds_sum") / max(duration_s, 1e-9),
+        "server_mean_batch_ms": 1000.0 * delta("distilserve_inference_seconds_sum") / batches,
+        "server_mean_tokenize_ms": 1000.0 * delta("distilserve_tokenization_seconds_sum") / max(requests, 1),
+        "server_mean_queue_wait_ms": 1000.0
+        * delta("distilserve_queue_wait_seconds_sum")
+        / max(delta("distilserve_queue_wait_seconds_count"), 1),
+    }
+
+
 async def _levels(
     client: HttpClient,
     settings: Settings,
@@ -258,13 +322,25 @@ async def _levels(
     api: Api = "distilserve",
     model: str | None = None,
     concurrency: Sequence[int] | None = None,
+    metrics_url: str | None = None,
 ) -> list[RunResult]:
-    requests = workload.requests(model, api)
+    requests = workload.requests(model, api, settings.items_per_request)
     results = []
     for level in settings.concurrency if concurrency is None else concurrency:
+        # Warm up first, so that the scrapes around the run see the measured requests only.
+        await warm_up(client, requests, settings.warmup_requests, level)
+        before = await _server_totals(metrics_url)
         result = await closed_loop(
-            client, requests, level, settings.bounds, target=target, workload=workload.name
+            client,
+            requests,
+            level,
+            replace(settings.bounds, warmup_requests=0),
+            target=target,
+            workload=workload.name,
         )
+        after = await _server_totals(metrics_url)
+        if before is not None and after is not None:
+            result.extra.update(server_side(before, after, result.duration_s))
         logger.info(
             "%s %s c=%d: %.1f items/s, p50 %.2f ms, errors %s",
             target,
@@ -334,7 +410,9 @@ def phase_distilserve(
         client = make_client(settings.client, target_url)
         try:
             for item in planned:
-                report.runs += await _levels(client, settings, item.workload, DISTILSERVE)
+                report.runs += await _levels(
+                    client, settings, item.workload, DISTILSERVE, metrics_url=target_url
+                )
             if sweep is not None:
                 runs, points = await _sweep(client, settings, sweep[2], f"{DISTILSERVE} (HTTP)")
                 report.runs += runs
@@ -453,7 +531,9 @@ def phase_infinity(settings: Settings, report: BenchReport, planned: Sequence[Pl
 
 
 def run(settings: Settings) -> int:
-    report = BenchReport.start(REPO_ROOT, sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    # The command line when run as `distilserve bench ...`; a call from Python has none to record.
+    arguments = sys.argv[2:] if sys.argv[1:2] == ["bench"] else ["(called from Python)"]
+    report = BenchReport.start(REPO_ROOT, arguments)
     try:
         planned = plan_workloads(settings, report)
         sweep = plan_sweep(settings, report)
@@ -494,7 +574,3 @@ def run(settings: Settings) -> int:
             print(f"plot: {path}")
     print(f"report: {settings.output}")
     return 0
-
-
-# Kept importable for tests that build QA items without the data files.
-__all__ = ["QAInput", "Settings", "checkpoint_for", "run"]

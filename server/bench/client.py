@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
+import time
 from collections.abc import Sequence
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
@@ -56,11 +58,12 @@ class HttpClient(Protocol):
 
 
 class _Connection:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.writer.close()
@@ -70,17 +73,42 @@ class ProtocolError(OSError):
     """The server's answer is not HTTP/1.1 as this client reads it."""
 
 
+class StaleConnectionError(ConnectionResetError):
+    """A reused keep-alive connection was closed by the server before it answered."""
+
+
 class RawHttpClient:
     """Keep-alive HTTP/1.1 over asyncio streams, one request per connection at a time.
 
     Idle connections are reused last-in first-out; a request that finds none opens a new one,
-    so the number of connections follows the number of requests in flight.
+    so the number of connections follows the number of requests in flight. Servers close idle
+    keep-alive connections (uvicorn after 5 s), so a connection idle for longer than
+    ``max_idle_s`` is not reused, and a request whose reused connection turns out closed
+    before any answer is sent once more on a new one (as browsers and httpx do); a failure on
+    a new connection is the server's and is reported.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_idle_s: float = 2.0) -> None:
         self.host, self.port = require_loopback(url)
+        self.max_idle_s = max_idle_s
         self._idle: list[_Connection] = []
         self._prefix = f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n".encode()
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since <= self.max_idle_s and not connection.reader.at_eof():
+                return connection
+            connection.close()
+        return None
+
+    def _release(self, connection: _Connection, keep_alive: bool) -> None:
+        if keep_alive:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            connection.close()
 
     async def _connect(self) -> _Connection:
         reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -90,43 +118,44 @@ class RawHttpClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _Connection(reader, writer)
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        connection = self._idle.pop() if self._idle else await self._connect()
+    async def _exchange(self, connection: _Connection, request: bytes) -> tuple[int, bytes]:
         try:
-            connection.writer.write(
-                b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
-                % (path.encode(), self._prefix, len(body), body)
-            )
+            connection.writer.write(request)
             status, payload, keep_alive = await self._read_response(connection.reader)
         except BaseException:
             connection.close()
             raise
-        if keep_alive:
-            self._idle.append(connection)
-        else:
-            connection.close()
+        self._release(connection, keep_alive)
         return status, payload
 
+    async def request(self, request: bytes) -> tuple[int, bytes]:
+        reused = self._take_idle()
+        if reused is not None:
+            try:
+                return await self._exchange(reused, request)
+            except StaleConnectionError:
+                pass  # closed while idle: the server never saw the request; send it again
+        return await self._exchange(await self._connect(), request)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        return await self.request(
+            b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (path.encode(), self._prefix, len(body), body)
+        )
+
     async def get(self, path: str) -> tuple[int, bytes]:
-        connection = self._idle.pop() if self._idle else await self._connect()
-        try:
-            connection.writer.write(b"GET %s HTTP/1.1\r\n%s\r\n" % (path.encode(), self._prefix))
-            status, payload, keep_alive = await self._read_response(connection.reader)
-        except BaseException:
-            connection.close()
-            raise
-        if keep_alive:
-            self._idle.append(connection)
-        else:
-            connection.close()
-        return status, payload
+        return await self.request(b"GET %s HTTP/1.1\r\n%s\r\n" % (path.encode(), self._prefix))
 
     @staticmethod
     async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
-            raise ConnectionResetError("server closed the connection") from exc
+            if not exc.partial:
+                raise StaleConnectionError("server closed the connection before answering") from exc
+            raise ConnectionResetError("server closed the connection mid-answer") from exc
+        except ConnectionResetError as exc:
+            raise StaleConnectionError(str(exc)) from exc
         lines = head.split(b"\r\n")
         status_line = lines[0].split(b" ", 2)
         if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
@@ -171,6 +200,8 @@ class HttpxClient:
         import httpx
 
         require_loopback(url)
+        # httpx logs every request at INFO: that would be measured as the client's own cost.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._client = httpx.AsyncClient(
             base_url=url,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -142,7 +142,7 @@ def _summarise(
     )
 
 
-async def _warm_up(client: HttpClient, requests: Sequence[BenchRequest], count: int, parallel: int) -> None:
+async def warm_up(client: HttpClient, requests: Sequence[BenchRequest], count: int, parallel: int) -> None:
     counter = itertools.count()
 
     async def worker() -> None:
@@ -167,7 +167,7 @@ async def closed_loop(
         raise ValueError("no requests to send")
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    await _warm_up(client, requests, bounds.warmup_requests, concurrency)
+    await warm_up(client, requests, bounds.warmup_requests, concurrency)
     counter = itertools.count()
     samples: list[_Sample] = []
     cpu_started = time.process_time()
@@ -213,7 +213,7 @@ async def open_loop(
         raise ValueError("no requests to send")
     if rate <= 0:
         raise ValueError("rate must be positive")
-    await _warm_up(client, requests, bounds.warmup_requests, 8)
+    await warm_up(client, requests, bounds.warmup_requests, 8)
     rng = random.Random(seed)
     samples: list[_Sample] = []
     inflight: set[asyncio.Task[None]] = set()

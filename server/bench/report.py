@@ -273,6 +273,24 @@ def markdown(report: BenchReport) -> str:
                 f"{_fmt(run.client_cpu_ms_per_request, 3)} |"
             )
         lines.append("")
+    server_runs = [run for run in report.runs if run.extra.get("server_batches")]
+    if server_runs:
+        lines += [
+            "### inside distilserve (from its /metrics, per run)",
+            "",
+            "| workload | concurrency | batches | rows per batch | padding share | inference busy "
+            "| ms per batch | tokenize ms (wall) | queue wait ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in server_runs:
+            extra = run.extra
+            lines.append(
+                f"| {run.workload} | {run.concurrency} | {extra['server_batches']:.0f} "
+                f"| {extra['server_mean_batch_rows']:.1f} | {extra['server_mean_padding_share']:.2f} "
+                f"| {extra['server_inference_busy_share']:.2f} | {extra['server_mean_batch_ms']:.1f} "
+                f"| {extra['server_mean_tokenize_ms']:.2f} | {extra['server_mean_queue_wait_ms']:.2f} |"
+            )
+        lines.append("")
     if report.sweep:
         lengths = sorted({point.length for point in report.sweep})
         targets = list(dict.fromkeys(point.target for point in report.sweep))

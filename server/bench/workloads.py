@@ -54,13 +54,22 @@ class Workload:
     def mean_tokens(self) -> float:
         return sum(self.tokens) / max(len(self.tokens), 1)
 
-    def requests(self, model: str | None, api: Api = "distilserve") -> list[BenchRequest]:
-        """One request per item, JSON encoded once, up front (the client only sends bytes)."""
+    def requests(
+        self, model: str | None, api: Api = "distilserve", items_per_request: int = 1
+    ) -> list[BenchRequest]:
+        """Requests of ``items_per_request`` consecutive items each (one, the online case, by
+        default), JSON encoded once, up front: the client only sends bytes."""
         flops = self.flops or [0.0] * len(self.items)
-        return [
-            BenchRequest(self.path(api), encode_body(self.task, item, model, api), 1, tokens, item_flops)
-            for item, tokens, item_flops in zip(self.items, self.tokens, flops, strict=True)
-        ]
+        size = max(1, items_per_request)
+        requests = []
+        for start in range(0, len(self.items), size):
+            items = self.items[start : start + size]
+            body = encode_body(self.task, items[0] if size == 1 else items, model, api)
+            tokens = sum(self.tokens[start : start + size])
+            requests.append(
+                BenchRequest(self.path(api), body, len(items), tokens, sum(flops[start : start + size]))
+            )
+        return requests
 
     @property
     def total_flops(self) -> float:
@@ -75,11 +84,14 @@ class Workload:
 
 
 def encode_body(task: Task, item: Any, model: str | None, api: Api = "distilserve") -> bytes:
+    """The JSON body for one item, or for a list of items (one request that carries several)."""
     body: dict[str, Any]
     if api == "infinity":
-        body = {"input": [item]}
+        body = {"input": item if isinstance(item, list) else [item]}
     elif task == "question-answering":
-        body = {"inputs": {"question": item.question, "context": item.context}}
+        pairs = item if isinstance(item, list) else [item]
+        inputs = [{"question": pair.question, "context": pair.context} for pair in pairs]
+        body = {"inputs": inputs if isinstance(item, list) else inputs[0]}
     else:
         body = {"input": item}
     if model is not None:
