@@ -47,6 +47,7 @@ def build_app(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
+        batch_overhead_tokens=settings.batch_overhead_tokens,
         max_queue_tokens=settings.max_queue_tokens,
     )
     registry = ModelRegistry(

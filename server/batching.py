@@ -41,6 +41,36 @@ class BatchPolicy:
     max_batch_tokens: int = 8192
     max_wait_ms: float = 2.0
     max_queue_tokens: int = 262144
+    batch_overhead_tokens: int = 32
+
+
+def plan_groups(
+    sorted_lengths: Sequence[int], *, max_batch_size: int, max_batch_tokens: int, batch_overhead_tokens: int
+) -> list[tuple[int, int]]:
+    """Cut lengths (ascending) into ``[start, end)`` groups of least total cost.
+
+    A group costs its padded tokens (rows x its longest row) plus ``batch_overhead_tokens``, the
+    fixed cost of one more ONNX Runtime call in token units. Dynamic programming over the cut
+    points: O(rows x max_batch_size), a few thousand steps for a full queue.
+    """
+    count = len(sorted_lengths)
+    best = [0.0] + [float("inf")] * count
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        longest = sorted_lengths[end - 1]
+        for start in range(end - 1, max(end - max_batch_size, 0) - 1, -1):
+            rows = end - start
+            if rows > 1 and rows * longest > max_batch_tokens:
+                break  # more rows only cost more tokens
+            cost = best[start] + rows * longest + batch_overhead_tokens
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups = []
+    end = count
+    while end > 0:
+        groups.append((cut[end], end))
+        end = cut[end]
+    return groups[::-1]
 
 
 class QueueFullError(Exception):
@@ -250,38 +280,26 @@ class DynamicBatcher:
             self._update_depth()
 
     def _take_batch(self) -> list[QueuedRow]:
-        """The oldest row plus the rows nearest to it in length, within the batch limits."""
-        policy = self.policy
+        """The batch that holds the oldest row, from the cheapest split of the queue by length.
+
+        Rows sorted by length are cut into contiguous groups (each within ``max_batch_size`` and
+        ``max_batch_tokens``) so that padded tokens plus ``batch_overhead_tokens`` per batch are
+        smallest; the group with the oldest row runs now (nothing starves), and the rest stay
+        queued, to be planned again with whatever arrives meanwhile. A queue of short and long
+        rows thus runs as a short batch and a long batch instead of one batch padded throughout,
+        and the clients of the first batch can send their next request while the second runs.
+        """
         anchor = self._queue[0]
         by_length = sorted(self._queue, key=lambda queued: queued.length)
+        groups = plan_groups(
+            [queued.length for queued in by_length],
+            max_batch_size=self.policy.max_batch_size,
+            max_batch_tokens=self.policy.max_batch_tokens,
+            batch_overhead_tokens=self.policy.batch_overhead_tokens,
+        )
         position = next(index for index, queued in enumerate(by_length) if queued is anchor)
-        chosen = [anchor]
-        longest = anchor.length
-        below, above = position - 1, position + 1
-        while len(chosen) < policy.max_batch_size:
-            # Padding each candidate adds: a shorter row pads itself up to the longest; a longer
-            # row pads every row already chosen up to its own length.
-            waste_below = longest - by_length[below].length if below >= 0 else None
-            waste_above = (
-                len(chosen) * (by_length[above].length - longest) if above < len(by_length) else None
-            )
-            if waste_below is None and waste_above is None:
-                break
-            take_below = waste_above is None or (waste_below is not None and waste_below <= waste_above)
-            candidate = by_length[below] if take_below else by_length[above]
-            new_longest = max(longest, candidate.length)
-            if (len(chosen) + 1) * new_longest > policy.max_batch_tokens:
-                if take_below or waste_below is None:
-                    break
-                # A longer row does not fit, but shorter ones still might.
-                above = len(by_length)
-                continue
-            chosen.append(candidate)
-            longest = new_longest
-            if take_below:
-                below -= 1
-            else:
-                above += 1
+        start, end = next((start, end) for start, end in groups if start <= position < end)
+        chosen = by_length[start:end]
         taken = {id(queued) for queued in chosen}
         self._queue = [queued for queued in self._queue if id(queued) not in taken]
         self._queued_tokens -= sum(queued.length for queued in chosen)

@@ -67,6 +67,14 @@ class ServerSettings(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=16, description="most padded tokens (rows x longest row) in one model batch"
     )
+    batch_overhead_tokens: int = Field(
+        32,
+        ge=0,
+        description=(
+            "fixed cost of one more model batch, in padded tokens: queued rows are split into "
+            "batches by length when the padding saved is worth more"
+        ),
+    )
     max_wait_ms: float = Field(
         2.0,
         ge=0,

@@ -176,3 +176,22 @@ async def test_an_underfilled_batch_waits_for_requests_being_tokenized() -> None
     assert first == [(1, 5)]
     assert len(model.batches) == 1 and sorted(model.batches[0]) == [(1, 5), (2, 5)]
     await batcher.stop()
+
+
+def test_the_queue_is_split_by_length_only_when_the_padding_saved_pays_for_a_batch() -> None:
+    from server.batching import plan_groups
+
+    mixed = [5] * 16 + [60] * 16
+    assert plan_groups(mixed, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [
+        (0, 16),
+        (16, 32),
+    ]
+    close = [10] * 16 + [11] * 16  # one token of padding per short row is cheaper than a second batch
+    assert plan_groups(close, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [(0, 32)]
+    limited = plan_groups([8] * 40, max_batch_size=16, max_batch_tokens=8192, batch_overhead_tokens=32)
+    assert [end - start for start, end in limited] == [8, 16, 16] or all(
+        end - start <= 16 for start, end in limited
+    )
+    assert sum(end - start for start, end in limited) == 40
+    budget = plan_groups([100] * 10, max_batch_size=32, max_batch_tokens=300, batch_overhead_tokens=0)
+    assert all((end - start) * 100 <= 300 for start, end in budget)
