@@ -189,9 +189,7 @@ def test_the_queue_is_split_by_length_only_when_the_padding_saved_pays_for_a_bat
     close = [10] * 16 + [11] * 16  # one token of padding per short row is cheaper than a second batch
     assert plan_groups(close, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [(0, 32)]
     limited = plan_groups([8] * 40, max_batch_size=16, max_batch_tokens=8192, batch_overhead_tokens=32)
-    assert [end - start for start, end in limited] == [8, 16, 16] or all(
-        end - start <= 16 for start, end in limited
-    )
+    assert len(limited) == 3 and all(end - start <= 16 for start, end in limited)
     assert sum(end - start for start, end in limited) == 40
     budget = plan_groups([100] * 10, max_batch_size=32, max_batch_tokens=300, batch_overhead_tokens=0)
     assert all((end - start) * 100 <= 300 for start, end in budget)
