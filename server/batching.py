@@ -1,10 +1,11 @@
 """The dynamic batcher: one queue and one scheduler per model, shared by every task.
 
 Requests arrive as *jobs*: the model rows of one request (one per text, several for a long QA
-context). Rows wait in a queue; the scheduler forms a batch around the oldest waiting row
-(so nothing starves) and fills it with the rows closest to it in length, under
-``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, so padding stays small. A job
-completes when all of its rows have been computed, whatever batches they landed in.
+context). Rows wait in a queue; the scheduler cuts the queue, sorted by length, into the
+cheapest batches (padded tokens plus a fixed cost per batch, under ``max_batch_size`` rows and
+``max_batch_tokens`` padded tokens) and runs the one holding the oldest row, so nothing starves
+and padding stays small. A job completes when all of its rows have been computed, whatever
+batches they landed in.
 
 The batch runs on a dedicated inference thread, one per model: ONNX Runtime parallelises inside
 a batch with its own intra-op threads, so running two batches of one model at once would only
