@@ -182,6 +182,11 @@ def atomic_bundle_dir(output: Path | str, *, overwrite: bool = False) -> Iterato
         raise BundleError(output, "output already exists; pass --overwrite to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    # mkdtemp makes the folder private (0700); a bundle is read by other users (a container's
+    # non-root user), so give it the permissions a plain mkdir would have under this umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         yield staging
         if output.exists():

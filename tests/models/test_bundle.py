@@ -106,3 +106,21 @@ sys.exit(1 if heavy else 0)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "heavy: []" in result.stdout
+
+
+def test_a_bundle_folder_is_readable_by_other_users(tmp_path: Path) -> None:
+    """mkdtemp's private 0700 must not leak into bundles (a container runs them as another user)."""
+    from models.bundle import atomic_bundle_dir
+
+    with atomic_bundle_dir(tmp_path / "bundle") as staging:
+        (staging / "file").write_text("x")
+    mode = (tmp_path / "bundle").stat().st_mode & 0o777
+    assert mode == 0o777 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
