@@ -20,6 +20,7 @@ from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.qa.api_router import router as qa_router
 from server.registry import ModelRegistry
 from server.service.api_router import health_router, info_router, metrics_router
+from server.service.serving import package_version
 from server.settings import ModelSpec, ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def build_app(
     app = FastAPI(
         title="distilserve",
         summary="Low-latency inference for distilled transformer models: classification, QA, embeddings.",
-        version=_package_version(),
+        version=package_version("distilserve"),
         lifespan=lifespan,
     )
     app.state.distilserve = state
@@ -90,12 +91,3 @@ def build_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
     return app
-
-
-def _package_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("distilserve")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"

@@ -107,15 +107,11 @@ class Job:
         "outputs",
         "remaining",
         "started",
-        "tokens",
     )
 
-    def __init__(
-        self, num_rows: int, tokens: int, deadline: float, future: asyncio.Future[list[Any]]
-    ) -> None:
+    def __init__(self, num_rows: int, deadline: float, future: asyncio.Future[list[Any]]) -> None:
         self.outputs: list[Any] = [None] * num_rows
         self.remaining = num_rows
-        self.tokens = tokens
         self.deadline = deadline
         self.future = future
         self.enqueued_at = time.monotonic()
@@ -148,8 +144,6 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{model}")
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False
-        self.batches_run = 0
-        self.rows_run = 0
 
     # Lifecycle -------------------------------------------------------------------------------
 
@@ -207,7 +201,7 @@ class DynamicBatcher:
         if self._queued_tokens and self._queued_tokens + tokens > self.policy.max_queue_tokens:
             self._metrics.rejected.labels(self.model, "queue_tokens").inc()
             raise QueueFullError(self.model, self._queued_tokens, self.policy.max_queue_tokens)
-        job = Job(len(rows), tokens, deadline, asyncio.get_running_loop().create_future())
+        job = Job(len(rows), deadline, asyncio.get_running_loop().create_future())
         if not rows:
             return []
         self._queue.extend(QueuedRow(row, len(row), job, index) for index, row in enumerate(rows))
@@ -330,8 +324,6 @@ class DynamicBatcher:
             return
         finally:
             self._metrics.inference.labels(self.model).observe(time.perf_counter() - started)
-        self.batches_run += 1
-        self.rows_run += len(batch)
         for queued, output in zip(batch, outputs, strict=True):
             job = queued.job
             if job.finished:

@@ -1,8 +1,8 @@
 """The request path every task shares: admission, deadline, disconnects, tokenize, batch, finish.
 
 A task's ``serving.py`` turns its protocol request into model items and parameters and calls
-``ServerState.run_items``; everything about queues, limits and threads lives here and in
-``server.batching``, once for all tasks.
+``ServerState.run_texts`` (or, for QA pairs, ``run_items``); everything about queues, limits and
+threads lives here and in ``server.batching``, once for all tasks.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 
 from models import ModelRuntime
+from models.bundle import Task
 from models.errors import InputError
 from models.tasks import Prepared
 from server.batching import (
@@ -50,7 +51,6 @@ class RequestContext:
     route: str
     model: str = ""
     tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,21 @@ class ServerState:
                 self.cpu_pool, _finish_all, runtime, prepared, per_item, params
             )
         return ItemResults(results=results, tokens=context.tokens)
+
+    async def run_texts(
+        self,
+        model: str | None,
+        task: Task,
+        texts: list[str],
+        params: Any,
+        context: RequestContext,
+        *,
+        param: str,
+    ) -> tuple[ServedModel, ItemResults]:
+        """The text tasks' whole path: limits, the model for ``task``, then ``run_items``."""
+        self.check_items(texts, param)
+        served = self.registry.resolve(model, task)
+        return served, await self.run_items(served, texts, params, context, param=param)
 
     def close(self) -> None:
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)

@@ -6,8 +6,9 @@ import logging
 
 import uvicorn
 
-from models.bundle import read_manifest
+from models.bundle import MANIFEST_NAME, read_manifest
 from models.errors import DistilserveError
+from models.export.default_model import DEFAULT_BUNDLE_NAME, default_bundle_dir, ensure_default_bundle
 from server.app import build_app
 from server.settings import ModelSpec, ServerSettings
 
@@ -17,7 +18,6 @@ logger = logging.getLogger(__name__)
 
 # Shipped with the repository (see model-zoo/), so a fresh clone classifies sentiment at once.
 DEFAULT_ZOO_MODELS = {"sst2-sentiment": "sst2-minilm-l3-int8"}
-DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 
 
 def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
@@ -25,16 +25,13 @@ def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
     shipped sentiment classifier."""
     specs = []
     for name, folder in DEFAULT_ZOO_MODELS.items():
-        if (settings.model_zoo / folder / "distilserve.json").is_file():
+        if (settings.model_zoo / folder / MANIFEST_NAME).is_file():
             specs.append(ModelSpec(name, settings.model_zoo / folder))
-    from models.export.default_model import default_bundle_dir, ensure_default_bundle
-
-    bundle = default_bundle_dir(settings.cache_dir)
     if settings.build_default:
-        # Exports MiniLM once (about a minute, with progress in the log); later starts reuse it.
-        bundle = ensure_default_bundle(settings.cache_dir)
-    if (bundle / "distilserve.json").is_file():
-        specs.append(ModelSpec(DEFAULT_MODEL_NAME, bundle))
+        # Exports MiniLM once (seconds to a minute, with progress in the log); later starts reuse it.
+        specs.append(ModelSpec(DEFAULT_BUNDLE_NAME, ensure_default_bundle(settings.cache_dir)))
+    elif (default_bundle_dir(settings.cache_dir) / MANIFEST_NAME).is_file():
+        specs.append(ModelSpec(DEFAULT_BUNDLE_NAME, default_bundle_dir(settings.cache_dir)))
     return specs
 
 

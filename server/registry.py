@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from models import ModelRuntime, SessionOptions, load_model
 from models.bundle import Task
+from models.tasks import QAInput
 from server.batching import BatchPolicy, DynamicBatcher
 from server.errors import ApiError
 from server.metrics import ServerMetrics
@@ -83,8 +83,6 @@ class ModelRegistry:
     async def _warm_up(self, served: ServedModel) -> None:
         item: Any = WARMUP_TEXT
         if served.task == "question-answering":
-            from models.tasks.qa import QAInput
-
             item = QAInput(question="What is this?", context=WARMUP_TEXT)
         prepared = served.runtime.prepare(item)
         await served.batcher.run_rows(prepared.rows, deadline=time.monotonic() + 60.0)
@@ -93,9 +91,6 @@ class ModelRegistry:
         self.ready = False
         for served in self.models.values():
             await served.batcher.stop()
-
-    def tasks(self) -> set[Task]:
-        return {served.task for served in self.models.values()}
 
     def resolve(self, name: str | None, task: Task) -> ServedModel:
         """The model a request names, or the only model of ``task`` when it names none."""
@@ -129,7 +124,3 @@ class ModelRegistry:
                 param="model",
             )
         return candidates[0]
-
-
-def bundle_label(path: Path) -> str:
-    return path.resolve().name

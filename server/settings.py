@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,9 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DISTILSERVE_CACHE_DIR", Path.home() / ".cache" / "distilserve"))
+# Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
+from models.export.default_model import default_cache_dir
 
 
 def default_model_zoo() -> Path:

@@ -22,10 +22,10 @@ class ClassifyService:
 
     async def classify(self, request: ClassifyRequest, context: RequestContext) -> dict[str, Any]:
         texts = [request.input] if isinstance(request.input, str) else request.input
-        self.state.check_items(texts, "input")
-        served = self.state.registry.resolve(request.model, TASK)
         params = ClassifyParams(top_k=request.top_k, raw_scores=request.raw_scores, truncate=request.truncate)
-        outcome = await self.state.run_items(served, texts, params, context, param="input")
+        served, outcome = await self.state.run_texts(
+            request.model, TASK, texts, params, context, param="input"
+        )
         data = []
         for index, labels in enumerate(outcome.results):
             best = labels[0]
@@ -38,9 +38,7 @@ class ClassifyService:
     async def predict(self, request: PredictRequest, context: RequestContext) -> list[Any]:
         single = isinstance(request.inputs, str)
         texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
-        self.state.check_items(texts, "inputs")
-        served = self.state.registry.resolve(request.model, TASK)
         params = ClassifyParams(top_k=request.top_k, raw_scores=request.raw_scores, truncate=request.truncate)
-        outcome = await self.state.run_items(served, texts, params, context, param="inputs")
+        _, outcome = await self.state.run_texts(request.model, TASK, texts, params, context, param="inputs")
         results = [_label_scores(labels) for labels in outcome.results]
         return results[0] if single else results

@@ -41,18 +41,12 @@ class EmbedService:
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
-    async def _embed(
-        self, model: str | None, texts: list[str], params: EmbedParams, context: RequestContext, param: str
-    ) -> tuple[ServedModel, list[np.ndarray], int]:
-        self.state.check_items(texts, param)
-        served = self.state.registry.resolve(model, TASK)
-        outcome = await self.state.run_items(served, texts, params, context, param=param)
-        return served, outcome.results, outcome.tokens
-
     async def embeddings(self, request: EmbeddingRequest, context: RequestContext) -> dict[str, Any]:
         texts = [request.input] if isinstance(request.input, str) else request.input
-        served, vectors, tokens = await self._embed(request.model, texts, EmbedParams(), context, "input")
-        matrix = shorten(vectors, request.dimensions, served.runtime.manifest.normalize, served)
+        served, outcome = await self.state.run_texts(
+            request.model, TASK, texts, EmbedParams(), context, param="input"
+        )
+        matrix = shorten(outcome.results, request.dimensions, served.runtime.manifest.normalize, served)
         data: list[dict[str, Any]] = []
         for index, vector in enumerate(matrix):
             encoded: Any = (
@@ -61,11 +55,13 @@ class EmbedService:
                 else vector
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        usage = {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens}
         return {"object": "list", "data": data, "model": served.name, "usage": usage}
 
     async def embed(self, request: EmbedRequest, context: RequestContext) -> np.ndarray:
         texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
         params = EmbedParams(normalize=request.normalize, truncate=request.truncate)
-        served, vectors, _ = await self._embed(request.model, texts, params, context, "inputs")
-        return shorten(vectors, request.dimensions, request.normalize, served)
+        served, outcome = await self.state.run_texts(
+            request.model, TASK, texts, params, context, param="inputs"
+        )
+        return shorten(outcome.results, request.dimensions, request.normalize, served)

@@ -10,7 +10,8 @@ from server.inference import ServerState
 _REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """An installed distribution's version, or \"unknown\"."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -60,7 +61,7 @@ class ServiceInfo:
                 }
             )
         return {
-            "version": _version("distilserve"),
+            "version": package_version("distilserve"),
             "ready": self.state.registry.ready,
             "models": models,
             "batching": {
@@ -77,5 +78,5 @@ class ServiceInfo:
                 "max_items_per_request": settings.max_items_per_request,
                 "max_chars_per_item": settings.max_chars_per_item,
             },
-            "versions": {package: _version(package) for package in _REPORTED_PACKAGES},
+            "versions": {package: package_version(package) for package in _REPORTED_PACKAGES},
         }

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from models import load_model
+from models.export.default_model import DEFAULT_BUNDLE_NAME as DEFAULT_MODEL_NAME
 from server.app import build_app
-from server.main import DEFAULT_MODEL_NAME, default_model_specs
+from server.main import default_model_specs
 from server.settings import ServerSettings
 from tests.server.conftest import LiveServer
 
