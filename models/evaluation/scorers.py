@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -120,24 +120,27 @@ class TorchScorer:
             self._model = factory.from_pretrained(self.source).eval()
         return self._model, self._tokenizer
 
-    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
-        # Length-sorted batches, as the bundle scorer does, so both pad alike.
+    def _batches(self, tokenizer: Any, texts: Sequence[str]) -> Iterator[tuple[list[int], Any]]:
+        """Length-sorted batches (as the bundle scorer makes, so both pad alike): row indices and
+        their tokenized tensors."""
         order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = tokenizer(
+                [texts[row] for row in rows],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            yield rows, batch
 
     def classify(self, texts: Sequence[str]) -> list[int | None]:
         model, tokenizer = self._load("AutoModelForSequenceClassification")
         id2label: dict[int, str] = dict(model.config.id2label)
         predictions: list[int | None] = [None] * len(texts)
         with self.torch.inference_mode():
-            for rows in self._batches(texts):
-                batch = tokenizer(
-                    [texts[row] for row in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
+            for rows, batch in self._batches(tokenizer, texts):
                 best = model(**batch).logits.argmax(-1).tolist()
                 for row, index in zip(rows, best, strict=True):
                     predictions[row] = sst2_class(id2label.get(index, ""), index, len(id2label))
@@ -164,14 +167,7 @@ class TorchScorer:
         model, tokenizer = self._load("AutoModel")
         vectors: list[np.ndarray] = [np.empty(0)] * len(texts)
         with self.torch.inference_mode():
-            for rows in self._batches(texts):
-                batch = tokenizer(
-                    [texts[row] for row in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
+            for rows, batch in self._batches(tokenizer, texts):
                 hidden = model(**batch).last_hidden_state
                 if self.pooling == "cls":
                     pooled = hidden[:, 0]
