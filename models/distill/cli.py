@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         ),
         json_schema_extra=POSITIONAL,
     )
+    task: Literal["text-classification", "question-answering"] = Field(
+        "text-classification",
+        description=(
+            "text-classification: one label per text (TSV/JSON rows); question-answering: extractive "
+            "spans, from SQuAD v1.1 JSON files"
+        ),
+    )
     mode: Literal["distill", "finetune"] = Field(
         "distill",
         description="distill: a student learns the teacher's soft targets; finetune: cross-entropy on labels",
@@ -83,7 +90,24 @@ class Settings(BaseSettings):
     lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW, linear warm-up then linear decay)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of the steps spent warming up")
-    max_length: int = Field(128, ge=8, description="training sequences are truncated to this many tokens")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description=(
+            "tokens per training sequence (default 128 for classification, truncated; 384 for question "
+            "answering, where longer contexts are cut into overlapping windows)"
+        ),
+    )
+    doc_stride: int = Field(
+        128, ge=1, description="question answering: tokens shared by consecutive windows of a long context"
+    )
+    exclude_ids_file: Path | None = Field(
+        None,
+        description=(
+            "question answering: a file of question ids (one a line) left out of training, e.g. "
+            "squad_v1.1_train_ambiguous_ids.txt"
+        ),
+    )
     max_train_samples: int | None = Field(
         None, ge=1, description="train on a seeded random subset of this many rows"
     )
@@ -93,11 +117,12 @@ class Settings(BaseSettings):
     eval_every: int = Field(
         0, ge=0, description="also score the dev set every N steps (0: after each epoch only)"
     )
-    best_metric: Literal["accuracy", "agreement"] = Field(
-        "accuracy",
+    best_metric: Literal["accuracy", "agreement", "f1", "exact_match"] | None = Field(
+        None,
         description=(
             "what picks the checkpoint kept: dev accuracy, or agreement with the teacher's dev "
-            "predictions (fidelity; also what an unlabelled dev file gives)"
+            "predictions (fidelity; also what an unlabelled dev file gives); for question answering, "
+            "dev F1 or exact match (default: accuracy, f1 for question answering)"
         ),
     )
     freeze_embeddings: bool = Field(
@@ -108,6 +133,17 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default, one per core)")
     cache_dir: Path = Field(
         Path(".distilserve/cache/distill"), description="where teacher logits are cached between runs"
+    )
+    checkpoint_every: int = Field(
+        500,
+        ge=0,
+        description=(
+            "save the resumable training state every N steps and at each epoch's end, in OUTPUT.state/ "
+            "(0: never)"
+        ),
+    )
+    resume: bool = Field(
+        False, description="continue from the training state in OUTPUT.state/ (same data and options)"
     )
     progress: bool = Field(True, description="show progress bars")
     log_level: str = Field("info", description="log level")
@@ -145,8 +181,12 @@ def _teacher_logits(
     pad_token_id: int,
     device: Any,
     what: str,
+    logits_of: Any = None,
 ) -> Any:
-    """Teacher logits for every row, computed once and cached on disk by content."""
+    """Teacher logits for every row, computed once and cached on disk by content.
+
+    ``logits_of`` picks the logits from the model's output (default: a classifier's).
+    """
     import numpy as np
 
     from models.distill.data import (
@@ -156,7 +196,7 @@ def _teacher_logits(
         load_cached_logits,
         save_cached_logits,
     )
-    from models.distill.trainer import predict_logits
+    from models.distill.trainer import classification_logits, predict_logits
 
     key = fingerprint(checkpoint_fingerprint(teacher_dir), data_fingerprint(data))
     path = settings.cache_dir / f"teacher-logits-{key}.npy"
@@ -173,6 +213,7 @@ def _teacher_logits(
         batch_size=128,
         progress=settings.progress,
         description=f"teacher logits ({what})",
+        logits_of=logits_of or classification_logits,
     )
     save_cached_logits(path, logits)
     logger.info(
@@ -187,8 +228,34 @@ def _teacher_logits(
     return np.asarray(logits)
 
 
+def check_output(settings: Settings) -> None:
+    """Refuse to overwrite a finished run by accident; a resumed run writes where it wrote."""
+    output = settings.output
+    if output.exists() and any(output.iterdir()) and not (settings.overwrite or settings.resume):
+        raise ValueError(f"{output} exists and is not empty; pass --overwrite to replace it")
+
+
+def state_dir(settings: Settings) -> Path:
+    """Where the resumable training state of a run lives: beside its output, not inside it
+    (the output folder is replaced whole each time a better checkpoint is written)."""
+    return settings.output.with_name(settings.output.name + ".state")
+
+
+def finish_record(output: Path, record: dict[str, Any], settings: Settings) -> None:
+    """Write the final record (with the whole history) over the one saved with the best weights,
+    and drop the resumable state, which a finished run no longer needs."""
+    import shutil
+
+    (output / TRAINING_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    shutil.rmtree(state_dir(settings), ignore_errors=True)
+
+
 def train_from_settings(settings: Settings) -> dict[str, Any]:
     """Run one fine-tuning or distillation job; returns the record saved as training.json."""
+    if settings.task == "question-answering":
+        from models.distill.question_answering import train_question_answering
+
+        return train_question_answering(settings)
     import numpy as np
     import torch
     import transformers
@@ -215,8 +282,8 @@ def train_from_settings(settings: Settings) -> dict[str, Any]:
 
     run_started = time.perf_counter()
     output = settings.output
-    if output.exists() and any(output.iterdir()) and not settings.overwrite:
-        raise ValueError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    check_output(settings)
+    max_length = settings.max_length or 128
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
@@ -265,12 +332,12 @@ def train_from_settings(settings: Settings) -> dict[str, Any]:
         )
     label2id = {name: index for index, name in enumerate(names)}
     train_set = encode(
-        tokenizer, train_examples.texts, label_ids(train_examples, label2id, len(names)), settings.max_length
+        tokenizer, train_examples.texts, label_ids(train_examples, label2id, len(names)), max_length
     )
     dev_set = None
     if dev_examples is not None:
         dev_set = encode(
-            tokenizer, dev_examples.texts, label_ids(dev_examples, label2id, len(names)), settings.max_length
+            tokenizer, dev_examples.texts, label_ids(dev_examples, label2id, len(names)), max_length
         )
 
     teacher_layers = num_layers(teacher.config)
@@ -354,9 +421,12 @@ def train_from_settings(settings: Settings) -> dict[str, Any]:
         weight_decay=settings.weight_decay,
         warmup_ratio=settings.warmup_ratio,
         eval_every=settings.eval_every,
-        best_metric=settings.best_metric,
+        best_metric=settings.best_metric or "accuracy",
         seed=settings.seed,
         progress=settings.progress,
+        checkpoint_dir=state_dir(settings),
+        checkpoint_every=settings.checkpoint_every,
+        resume=settings.resume,
     )
     result = train(
         model,
@@ -374,8 +444,7 @@ def train_from_settings(settings: Settings) -> dict[str, Any]:
         save(None)
     record["result"] = result.to_dict()
     record["wall_seconds"] = round(time.perf_counter() - run_started, 1)
-    # The final record (with the whole history) replaces the one written with the best weights.
-    (output / TRAINING_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    finish_record(output, record, settings)
     return record
 
 
@@ -395,6 +464,7 @@ def run(settings: Settings) -> int:
         "student_layers": record["student_layers"],
         "parameters": record["parameters"],
         "dev_accuracy": best.get("accuracy"),
+        "dev_metrics": best.get("metrics") or None,
         "teacher_agreement": best.get("agreement"),
         "teacher_dev_accuracy": (record.get("dev") or {}).get("teacher_accuracy"),
         "train_seconds": round(record["result"]["train_seconds"], 1),

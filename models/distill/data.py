@@ -223,6 +223,10 @@ class EncodedSet:
     def num_tokens(self) -> int:
         return sum(self.lengths)
 
+    def target_columns(self) -> dict[str, list[int]]:
+        """The training targets, by the name the model's forward takes them under."""
+        return {} if self.labels is None else {"labels": self.labels}
+
 
 def encode(tokenizer: Any, texts: Sequence[str], labels: list[int] | None, max_length: int) -> EncodedSet:
     """Tokenize with the checkpoint's own tokenizer, truncated to ``max_length``, unpadded."""
@@ -262,7 +266,7 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 def collate(
     data: EncodedSet, indices: Sequence[int], pad_token_id: int, device: Any
 ) -> dict[str, torch.Tensor]:
-    """Right-padded model inputs for the rows ``indices`` (and their labels, if any)."""
+    """Right-padded model inputs for the rows ``indices`` (and their targets, if any)."""
     import torch
 
     width = max(len(data.input_ids[index]) for index in indices)
@@ -278,8 +282,8 @@ def collate(
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if data.token_type_ids is not None:
         batch["token_type_ids"] = token_type_ids
-    if data.labels is not None:
-        batch["labels"] = torch.tensor([data.labels[index] for index in indices], dtype=torch.long)
+    for name, values in data.target_columns().items():
+        batch[name] = torch.tensor([values[index] for index in indices], dtype=torch.long)
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
@@ -315,6 +319,7 @@ def data_fingerprint(data: EncodedSet) -> str:
 
 
 def load_cached_logits(path: Path, rows: int) -> np.ndarray | None:
+    # (rows, labels) for classification, (rows, 2, tokens) for question answering.
     """Cached logits at ``path``, or None when absent or of the wrong shape (a stale file)."""
     if not path.is_file():
         return None
@@ -322,7 +327,7 @@ def load_cached_logits(path: Path, rows: int) -> np.ndarray | None:
         logits: np.ndarray = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None
-    if logits.ndim != 2 or logits.shape[0] != rows:
+    if logits.ndim < 2 or logits.shape[0] != rows:
         return None
     return logits.astype(np.float32, copy=False)
 

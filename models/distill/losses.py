@@ -4,6 +4,10 @@
          + beta * CE(z_s, labels)
          + cosine * (1 - cos(h_s, h_t))            (averaged over real tokens)
 
+Question answering uses the same loss with the start and end logits as two rows per window
+(``span_rows``): the KL and the cross-entropy then average the start and the end terms, which is
+what transformers' ``*ForQuestionAnswering`` does with its start and end cross-entropies.
+
 The T^2 factor (Hinton et al. 2015) keeps the soft-target gradients on the same scale as the
 hard-label ones whatever the temperature, since the gradient of the softened KL shrinks as 1/T^2.
 The cosine term is DistilBERT's: it aligns the direction of the student's last hidden states
@@ -89,3 +93,12 @@ def distillation_loss(
         parts["cos"] = hidden_cosine_loss(student_hidden, teacher_hidden, attention_mask)
         total = total + weights.cosine * parts["cos"]
     return total, {name: float(value.detach()) for name, value in parts.items()}
+
+
+def span_rows(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """``(batch, tokens)`` start and end tensors as ``(2 * batch, tokens)`` rows: start, end, start, ...
+
+    Also for the positions: ``(batch,)`` starts and ends give ``(2 * batch,)`` targets, in the
+    same order as the logit rows.
+    """
+    return torch.stack([start, end], dim=1).reshape(-1, *start.shape[1:])

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,11 +25,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.distill.data import EncodedSet, collate, length_grouped_batches, sorted_batches
-from models.distill.losses import DistillWeights, distillation_loss
+from models.distill.losses import DistillWeights, distillation_loss, span_rows
 
 logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Padding positions of span logits: softmax gives them exact zeros (the QA pipeline's own fill).
+MASKED_LOGIT = -10000.0
 
 
 def seed_everything(seed: int) -> None:
@@ -108,6 +112,90 @@ class DistillObjective:
         )
 
 
+def classification_logits(outputs: Any) -> torch.Tensor:
+    """``(batch, labels)``: a sequence classifier's logits."""
+    logits: torch.Tensor = outputs.logits
+    return logits
+
+
+def span_logits(outputs: Any) -> torch.Tensor:
+    """``(batch, 2, tokens)``: a question-answering model's start and end logits."""
+    return torch.stack([outputs.start_logits, outputs.end_logits], dim=1)
+
+
+def mask_padding(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Span logits with padding tokens at ``MASKED_LOGIT``, so they weigh nothing in a softmax."""
+    return logits.masked_fill(~attention_mask.bool()[:, None, :], MASKED_LOGIT)
+
+
+class QuestionAnsweringFinetuneObjective:
+    """Cross-entropy on the start and end tokens, averaged: how a reader is made."""
+
+    def __call__(
+        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = model(**model_inputs(batch))
+        logits = mask_padding(span_logits(outputs), batch["attention_mask"])
+        targets = span_rows(batch["start_positions"], batch["end_positions"])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets)
+        return loss, {"ce": float(loss.detach())}
+
+
+class QuestionAnsweringDistillObjective:
+    """The distillation loss on start and end logits, against cached teacher span logits.
+
+    ``teacher_logits`` is ``(rows, 2, max_length)`` with padding at ``MASKED_LOGIT``; each batch
+    takes its rows cut to the batch's width. The start and end distributions are two rows of
+    the same loss (``span_rows``), so T^2 * KL and the cross-entropy average over both.
+    """
+
+    def __init__(self, teacher_logits: torch.Tensor, weights: DistillWeights, teacher: Any = None) -> None:
+        if weights.cosine > 0 and teacher is None:
+            raise ValueError("the cosine loss needs the teacher model")
+        self.teacher_logits = teacher_logits
+        self.weights = weights
+        self.teacher = teacher
+
+    def __call__(
+        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = model_inputs(batch)
+        use_hidden = self.weights.cosine > 0
+        outputs = model(**inputs, output_hidden_states=use_hidden)
+        student_hidden = teacher_hidden = None
+        if use_hidden:
+            with torch.no_grad():
+                teacher_hidden = self.teacher(**inputs, output_hidden_states=True).hidden_states[-1]
+            student_hidden = outputs.hidden_states[-1]
+        width = batch["input_ids"].shape[1]
+        rows = torch.as_tensor(indices, device=self.teacher_logits.device)
+        target = mask_padding(self.teacher_logits[rows][:, :, :width], batch["attention_mask"])
+        student = mask_padding(span_logits(outputs), batch["attention_mask"])
+        labels = None
+        if "start_positions" in batch:
+            labels = span_rows(batch["start_positions"], batch["end_positions"])
+        return distillation_loss(
+            student.reshape(-1, width),
+            target.reshape(-1, width),
+            labels,
+            self.weights,
+            student_hidden=student_hidden,
+            teacher_hidden=teacher_hidden,
+            attention_mask=batch["attention_mask"],
+        )
+
+
+def _pad_last_axis(rows: list[np.ndarray], fill: float) -> np.ndarray:
+    """Stack rows whose last axis differs (span logits of windows of different lengths)."""
+    width = max(row.shape[-1] for row in rows)
+    if all(row.shape[-1] == width for row in rows):
+        return np.stack(rows)
+    stacked = np.full((len(rows), *rows[0].shape[:-1], width), fill, dtype=rows[0].dtype)
+    for index, row in enumerate(rows):
+        stacked[index, ..., : row.shape[-1]] = row
+    return stacked
+
+
 @torch.inference_mode()
 def predict_logits(
     model: Any,
@@ -118,8 +206,13 @@ def predict_logits(
     batch_size: int = 64,
     progress: bool = False,
     description: str = "predict",
+    logits_of: Callable[[Any], torch.Tensor] = classification_logits,
 ) -> np.ndarray:
-    """Logits ``(rows, labels)`` in row order, from length-sorted batches."""
+    """Logits in row order, from length-sorted batches.
+
+    ``(rows, labels)`` for a classifier; ``(rows, 2, longest row)`` for a reader
+    (``logits_of=span_logits``), with every row's padding at ``MASKED_LOGIT``.
+    """
     was_training = model.training
     model.eval()
     outputs: list[np.ndarray] = [np.empty(0)] * len(data)
@@ -131,11 +224,16 @@ def predict_logits(
         unit="batch",
     ):
         batch = collate(data, indices, pad_token_id, device)
-        logits = model(**model_inputs(batch)).logits.float().cpu().numpy()
-        for index, row in zip(indices, logits, strict=True):
-            outputs[index] = row
+        logits = logits_of(model(**model_inputs(batch)))
+        if logits.ndim == 3:
+            logits = mask_padding(logits, batch["attention_mask"])
+        for index, row, length in zip(
+            indices, logits.float().cpu().numpy(), batch["attention_mask"].sum(dim=1).tolist(), strict=True
+        ):
+            # Each row cut to its own tokens: a batch's padding is not the row's.
+            outputs[index] = row[..., :length] if row.ndim == 2 else row
     model.train(was_training)
-    return np.stack(outputs)
+    return _pad_last_axis(outputs, MASKED_LOGIT)
 
 
 @dataclass
@@ -148,9 +246,14 @@ class TrainOptions:
     max_grad_norm: float = 1.0
     eval_every: int = 0
     eval_batch_size: int = 64
-    best_metric: Literal["accuracy", "agreement"] = "accuracy"
+    best_metric: str = "accuracy"
     seed: int = 42
     progress: bool = True
+    # Where the resumable training state goes (None: nowhere), and how often, in steps.
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0
+    # Continue from the state in checkpoint_dir when there is one.
+    resume: bool = False
 
 
 @dataclass
@@ -160,13 +263,17 @@ class EvalRecord:
     accuracy: float | None
     agreement: float | None
     seconds: float
+    # Task metrics beyond the classifier's two (a reader's exact_match and f1).
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def score(self, metric: str = "accuracy") -> float | None:
         """What "best" means: dev accuracy, or agreement with the teacher's dev predictions.
 
         Either falls back to the other when it is missing (a dev file without labels has no
-        accuracy; fine-tuning has no teacher to agree with).
+        accuracy; fine-tuning has no teacher to agree with). A task metric is used by name.
         """
+        if metric in self.metrics:
+            return self.metrics[metric]
         first, second = (
             (self.accuracy, self.agreement) if metric == "accuracy" else (self.agreement, self.accuracy)
         )
@@ -233,6 +340,29 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# The resumable state's file inside TrainOptions.checkpoint_dir.
+STATE_FILE = "training-state.pt"
+
+Evaluator = Callable[[Any, int, float], EvalRecord]
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the resumable state atomically: a run killed mid-write keeps the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_training_state(checkpoint_dir: Path | None) -> dict[str, Any] | None:
+    """The state a run left in ``checkpoint_dir``, or None when there is none."""
+    if checkpoint_dir is None or not (checkpoint_dir / STATE_FILE).is_file():
+        return None
+    # Our own file (optimizer state, RNG states, the record so far), not a downloaded one.
+    state: dict[str, Any] = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    return state
+
+
 def train(
     model: Any,
     train_set: EncodedSet,
@@ -243,12 +373,20 @@ def train(
     device: torch.device,
     dev_set: EncodedSet | None = None,
     dev_reference: np.ndarray | None = None,
+    evaluator: Evaluator | None = None,
     on_best: Callable[[EvalRecord | None], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; call ``on_best`` each time the dev score improves.
 
     Without a dev set, ``on_best(None)`` is called once, after the last step. ``dev_reference``
     holds the teacher's dev predictions (class ids), for the student-teacher agreement.
+    ``evaluator(model, step, epoch)`` replaces the classifier's dev evaluation (a reader's
+    exact match and F1).
+
+    With ``options.checkpoint_dir`` and ``checkpoint_every``, the whole training state (weights,
+    optimizer, schedule, RNGs, position in the epoch, the evaluations so far) is saved every
+    that many steps and at each epoch's end; with ``options.resume`` a run continues from it
+    and takes the same batches, in the same order, as an uninterrupted run.
     """
     seed_everything(options.seed)
     rng = random.Random(options.seed)
@@ -262,21 +400,68 @@ def train(
 
     result = TrainResult(steps=0, train_seconds=0.0, train_samples_per_second=0.0, final_loss=float("nan"))
     best_score = -math.inf
+    samples = 0
+    running_loss: float | None = None
+    train_seconds = 0.0
+    step = 0
+    state_path = None if options.checkpoint_dir is None else options.checkpoint_dir / STATE_FILE
+    resumed = load_training_state(options.checkpoint_dir) if options.resume else None
+    if resumed is not None:
+        if resumed["total_steps"] != total_steps:
+            raise ValueError(
+                f"the checkpoint in {options.checkpoint_dir} is of a run of {resumed['total_steps']} steps, "
+                f"this one has {total_steps}: same data and options, or start afresh without --resume"
+            )
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        step, samples, train_seconds = resumed["step"], resumed["samples"], resumed["train_seconds"]
+        running_loss, best_score = resumed["running_loss"], resumed["best_score"]
+        result.evaluations = [EvalRecord(**record) for record in resumed["evaluations"]]
+        result.best = None if resumed["best"] is None else EvalRecord(**resumed["best"])
+        torch.set_rng_state(resumed["torch_rng"])
+        logger.info("resumed", extra={"step": step, "of": total_steps, "path": str(state_path)})
+
+    def save_state() -> None:
+        if state_path is None:
+            return
+        _save_state(
+            state_path,
+            {
+                "total_steps": total_steps,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "samples": samples,
+                "train_seconds": train_seconds,
+                "running_loss": running_loss,
+                "best_score": best_score,
+                "evaluations": [asdict(record) for record in result.evaluations],
+                "best": None if result.best is None else asdict(result.best),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
 
     def run_eval(step: int, epoch: float) -> None:
         nonlocal best_score
-        if dev_set is None:
+        if dev_set is None and evaluator is None:
             return
-        record = evaluate(
-            model,
-            dev_set,
-            pad_token_id=pad_token_id,
-            device=device,
-            batch_size=options.eval_batch_size,
-            reference_predictions=dev_reference,
-            step=step,
-            epoch=epoch,
-        )
+        if evaluator is not None:
+            record = evaluator(model, step, epoch)
+        else:
+            assert dev_set is not None
+            record = evaluate(
+                model,
+                dev_set,
+                pad_token_id=pad_token_id,
+                device=device,
+                batch_size=options.eval_batch_size,
+                reference_predictions=dev_reference,
+                step=step,
+                epoch=epoch,
+            )
+        model.train()
         result.evaluations.append(record)
         score = record.score(options.best_metric)
         improved = step > 0 and score is not None and score > best_score
@@ -287,6 +472,7 @@ def train(
                 "epoch": round(epoch, 3),
                 "accuracy": record.accuracy,
                 "agreement": record.agreement,
+                **record.metrics,
                 "best": improved,
             },
         )
@@ -296,15 +482,13 @@ def train(
             if on_best is not None:
                 on_best(record)
 
-    # The untrained model's score: a baseline for the log (a truncated student before
-    # distillation, or a base model with a random head), never saved as the best.
-    run_eval(0, 0.0)
-    samples = 0
-    running_loss: float | None = None
-    train_seconds = 0.0
-    step = 0
+    if resumed is None:
+        # The untrained model's score: a baseline for the log (a truncated student before
+        # distillation, or a base model with a random head), never saved as the best.
+        run_eval(0, 0.0)
     progress = tqdm(
         total=total_steps,
+        initial=step,
         desc="train",
         disable=not options.progress,
         unit="step",
@@ -313,8 +497,12 @@ def train(
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
     for epoch in range(options.epochs):
+        # Every epoch's batches are drawn, even those a resumed run has done, so that the
+        # generator is where an uninterrupted run would have it.
         batches = length_grouped_batches(lengths, options.batch_size, rng)
-        for indices in batches:
+        for position, indices in enumerate(batches):
+            if epoch * per_epoch + position < step:
+                continue
             started = time.perf_counter()
             batch = collate(train_set, indices, pad_token_id, device)
             loss, parts = objective(model, batch, indices)
@@ -334,17 +522,21 @@ def train(
                 loss=f"{running_loss:.4f}",
                 **{name: f"{part:.3f}" for name, part in parts.items()},
                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                samples_s=f"{samples / max(train_seconds, 1e-9):.0f}",
+                samples_s=f"{samples / max(train_seconds, 1e-9):.1f}",
                 refresh=False,
             )
             if options.eval_every and step % options.eval_every == 0 and step % per_epoch:
                 run_eval(step, step / per_epoch)
-        run_eval(step, float(epoch + 1))
+            if options.checkpoint_every and step % options.checkpoint_every == 0 and step % per_epoch:
+                save_state()
+        if step == (epoch + 1) * per_epoch and not any(record.step == step for record in result.evaluations):
+            run_eval(step, float(epoch + 1))
+            save_state()
     progress.close()
     result.steps = step
     result.train_seconds = train_seconds
     result.train_samples_per_second = samples / max(train_seconds, 1e-9)
     result.final_loss = running_loss if running_loss is not None else float("nan")
-    if dev_set is None and on_best is not None:
+    if dev_set is None and evaluator is None and on_best is not None:
         on_best(None)
     return result
