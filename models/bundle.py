@@ -54,6 +54,8 @@ class QuantizationInfo(_Strict):
     activation_type: str | None = None
     reduce_range: bool = False
     optimized_graph: bool = False
+    # MatMul/Gemm nodes left in fp32 in an int8 graph (mixed precision, ``export --keep-fp32``).
+    fp32_nodes: list[str] = []
     # Sizes of the served graph and of the fp32 graph it was made from (which an int8 bundle
     # does not contain): the export's evidence that int8 shrank the model.
     model_bytes: int | None = None

@@ -15,6 +15,7 @@ torch is imported only with ``--source``; a bundle alone is scored with the runt
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -67,6 +68,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=default_data_dir,
         description="folder with sst2_dev.tsv, squad_v1.1_dev.json, stsbenchmark/ (DISTILSERVE_DATA_DIR)",
+    )
+    compare: list[str] = Field(
+        default_factory=list,
+        description=(
+            "other bundles scored on the same examples, as NAME=DIR (e.g. teacher-fp32=bundles/teacher): "
+            "a teacher beside its student, in one run"
+        ),
     )
     limit: int | None = Field(None, ge=1, description="score only the first N examples (quick runs)")
     batch_size: int = Field(32, ge=1, description="rows per model batch (length-grouped)")
@@ -164,6 +172,17 @@ def evaluate(settings: Settings) -> EvalReport:
                 lambda: BundleScorer(fp32_bundle, "fp32 bundle", batch_size=settings.batch_size),
             )
         )
+    for spec in settings.compare:
+        name, separator, folder = spec.partition("=")
+        if not separator or not name or not folder:
+            raise DataError(Path(spec), "--compare takes NAME=DIR")
+        compared = Path(folder)
+        other = read_manifest(compared)
+        if other.task != expected_task:
+            raise DataError(compared, f"bundle serves {other.task}; {settings.dataset} needs {expected_task}")
+        candidates.append(
+            (str(compared), functools.partial(BundleScorer, compared, name, batch_size=settings.batch_size))
+        )
     source = settings.source
     if source is not None:
         candidates.append(
@@ -202,14 +221,19 @@ def format_report(report: EvalReport) -> list[str]:
     lines = [
         f"{report.dataset}: {report.examples} examples from {report.data_file}",
         "",
-        "| model | runtime | " + " | ".join(metric_names) + f" | {report.primary_metric} vs fp32 | seconds |",
-        "|---|---|" + "---|" * len(metric_names) + "---|---|",
+        "| model | runtime | "
+        + " | ".join(metric_names)
+        + f" | {report.primary_metric} vs fp32 | seconds | examples/s |",
+        "|---|---|" + "---|" * len(metric_names) + "---|---|---|",
     ]
     for entry in report.models:
         delta = report.deltas_vs_fp32.get(entry.name)
         delta_text = f"{delta:+.2f}" if delta is not None else "-"
         values = " | ".join(f"{entry.metrics[name]:.2f}" for name in metric_names)
-        lines.append(f"| {entry.name} | {entry.kind} | {values} | {delta_text} | {entry.seconds:.1f} |")
+        rate = entry.examples / entry.seconds if entry.seconds > 0 else float("nan")
+        lines.append(
+            f"| {entry.name} | {entry.kind} | {values} | {delta_text} | {entry.seconds:.1f} | {rate:.1f} |"
+        )
     return lines
 
 

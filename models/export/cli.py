@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         description="fuse attention, LayerNorm and GELU before int8 quantization (MiniLM: about 5% faster "
         "for single rows, 10-15% slower for batches; kept only if parity holds)",
     )
+    keep_fp32: list[str] = Field(
+        default_factory=list,
+        description=(
+            "mixed precision: glob patterns of MatMul/Gemm node names int8 leaves in fp32, e.g. "
+            "'*qa_outputs*' (a reader's span head) or '*layer.0/*' (the first layer)"
+        ),
+    )
     isa: IsaChoice = Field(
         "auto", description="CPU the int8 scheme targets; auto reads this machine's /proc/cpuinfo"
     )
@@ -117,6 +124,7 @@ class Settings(BaseSettings):
             revision=self.revision,
             samples=self.samples,
             overwrite=self.overwrite,
+            keep_fp32=tuple(self.keep_fp32),
             thresholds=Thresholds(
                 fp32_max_abs_diff=self.fp32_tolerance,
                 min_argmax_agreement=self.min_argmax_agreement,

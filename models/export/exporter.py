@@ -63,7 +63,7 @@ from models.export.parity import (
     run_onnx,
     run_torch,
 )
-from models.export.quantize import fuse_transformer_graph, quantize_int8
+from models.export.quantize import fuse_transformer_graph, nodes_matching, quantize_int8
 from models.export.samples import export_samples
 from models.export.source import (
     SentenceTransformersInfo,
@@ -121,6 +121,8 @@ class ExportOptions:
     samples: Path | None = None
     overwrite: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # Glob patterns of MatMul/Gemm node names that int8 leaves in fp32 (mixed precision).
+    keep_fp32: tuple[str, ...] = ()
 
 
 def require_export_extra() -> None:
@@ -241,6 +243,7 @@ def export_bundle(options: ExportOptions) -> Manifest:
 
         served_path = fp32_path
         optimized = False
+        fp32_nodes: list[str] = []
         if scheme is None:
             steps.skip("int8 quantization", "--quantize none")
             steps.skip("int8 agreement", "--quantize none")
@@ -254,7 +257,19 @@ def export_bundle(options: ExportOptions) -> Manifest:
                         parity.append(fused_check)
                         optimized = True
                 served_path = scratch / "model.int8.onnx"
-                quantize_int8(quantize_source, served_path, scheme, per_channel=options.per_channel)
+                try:
+                    fp32_nodes = nodes_matching(quantize_source, options.keep_fp32)
+                except ValueError as exc:
+                    raise ExportError(str(exc)) from exc
+                quantize_int8(
+                    quantize_source,
+                    served_path,
+                    scheme,
+                    per_channel=options.per_channel,
+                    nodes_to_keep_fp32=fp32_nodes,
+                )
+                if fp32_nodes:
+                    logger.info("kept %d nodes in fp32", len(fp32_nodes), extra={"nodes": fp32_nodes})
                 logger.info(
                     "quantized %s: %s weights, %s activations%s%s",
                     "fused graph" if optimized else "graph",
@@ -301,6 +316,7 @@ def export_bundle(options: ExportOptions) -> Manifest:
                 activation_type=scheme.activation_type if scheme else None,
                 reduce_range=scheme.reduce_range if scheme else False,
                 optimized_graph=optimized,
+                fp32_nodes=fp32_nodes,
                 fp32_bytes=fp32_path.stat().st_size,
                 model_bytes=served_path.stat().st_size,
             )
@@ -684,6 +700,7 @@ def summary_lines(manifest: Manifest, bundle: Path) -> list[str]:
             details = [f"int8 {quant.weight_type}/{quant.activation_type} for {quant.isa}"]
             details += ["per-channel"] if quant.per_channel else []
             details += ["fused"] if quant.optimized_graph else []
+            details += [f"{len(quant.fp32_nodes)} nodes kept fp32"] if quant.fp32_nodes else []
             size += (
                 f" ({', '.join(details)}; "
                 f"fp32 {quant.fp32_bytes / 1e6:.1f} MB, {quant.model_bytes / quant.fp32_bytes:.0%} of it)"

@@ -17,8 +17,9 @@ fails (as it does through optimum's ``ORTQuantizer``).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,8 +81,46 @@ def fuse_transformer_graph(source: Path, target: Path, *, num_heads: int, hidden
     return {name: int(count) for name, count in stats.items() if count}
 
 
-def quantize_int8(source: Path, target: Path, scheme: QuantScheme, *, per_channel: bool) -> None:
-    """Dynamic int8 quantization: weights int8 once, activations uint8 per batch at run time."""
+# The ops dynamic quantization turns into integer ops: the only ones worth keeping in fp32.
+QUANTIZABLE_OPS = ("MatMul", "Gemm")
+
+
+def nodes_matching(model_path: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of the graph's MatMul/Gemm nodes that match any of the glob ``patterns``.
+
+    Mixed precision by name: ``*qa_outputs*`` is a reader's span head, ``*layer.0/*`` a first
+    layer's projections (optimum names nodes after the module path, e.g.
+    ``/bert/encoder/layer.0/intermediate/dense/MatMul``). A pattern that matches nothing is an
+    error, not a silent full-int8 export.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = [node.name for node in model.graph.node if node.op_type in QUANTIZABLE_OPS]
+    chosen: list[str] = []
+    for pattern in patterns:
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            examples = ", ".join(names[:3])
+            raise ValueError(
+                f"--keep-fp32 {pattern!r} matches no MatMul/Gemm node (names look like: {examples})"
+            )
+        chosen.extend(name for name in matched if name not in chosen)
+    return chosen
+
+
+def quantize_int8(
+    source: Path,
+    target: Path,
+    scheme: QuantScheme,
+    *,
+    per_channel: bool,
+    nodes_to_keep_fp32: Sequence[str] = (),
+) -> None:
+    """Dynamic int8 quantization: weights int8 once, activations uint8 per batch at run time.
+
+    ``nodes_to_keep_fp32`` stay float (mixed precision), where int8 costs the most accuracy.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -92,5 +131,9 @@ def quantize_int8(source: Path, target: Path, scheme: QuantScheme, *, per_channe
             per_channel=per_channel,
             reduce_range=scheme.reduce_range,
             weight_type=QuantType[scheme.weight_type],
+            # The quantizer first rewrites each Gemm as a MatMul named "<gemm>_MatMul" (and an
+            # Add), and matches the exclusions against the rewritten graph: name both.
+            # (a name that was a MatMul already matches nothing more).
+            nodes_to_exclude=[*nodes_to_keep_fp32, *(f"{name}_MatMul" for name in nodes_to_keep_fp32)],
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
         )

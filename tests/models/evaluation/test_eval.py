@@ -308,3 +308,32 @@ def test_eval_without_source_does_not_import_torch(tiny_int8_bundles: BundleMap,
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_compared_bundles_are_scored_in_the_same_run(
+    tiny_int8_bundles: BundleMap, tiny_bundles: BundleMap, data_dir: Path
+) -> None:
+    """A student beside its teacher: every named bundle on the same examples, with its speed."""
+    student = tiny_int8_bundles[("bert", "text-classification")]
+    teacher = tiny_bundles[("distilbert", "text-classification")]
+    report = evaluate(
+        Settings(
+            bundle=student,
+            dataset="sst2",
+            fp32_bundle=tiny_bundles[("bert", "text-classification")],
+            compare=[f"teacher-fp32={teacher}"],
+            data_dir=data_dir,
+        )
+    )
+    assert [entry.name for entry in report.models] == ["bundle", "fp32 bundle", "teacher-fp32"]
+    assert report.models[2].path == str(teacher) and report.models[2].examples == 6
+    table = format_report(report)
+    assert table[2].endswith("| seconds | examples/s |")
+    assert "| teacher-fp32 |" in "\n".join(table)
+
+
+@pytest.mark.parametrize("spec", ["teacher", "=folder", "name="])
+def test_compare_needs_a_name_and_a_folder(tiny_int8_bundles: BundleMap, data_dir: Path, spec: str) -> None:
+    bundle = tiny_int8_bundles[("bert", "text-classification")]
+    with pytest.raises(DataError, match="NAME=DIR"):
+        evaluate(Settings(bundle=bundle, dataset="sst2", compare=[spec], data_dir=data_dir))

