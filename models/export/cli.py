@@ -1,6 +1,6 @@
 """``distilserve export`` and ``distilserve build-default``: settings and entry points.
 
-``server.cli`` turns each settings class into command-line flags (one flag per field, the
+``distilserve.cli`` turns each settings class into command-line flags (one flag per field, the
 field's description as help) and calls the entry with the parsed settings; tests and scripts
 call ``run(Settings(...))`` directly. torch and friends are imported only when an export runs.
 """

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distilserve.bench.loadgen import latency_summary
 from models.runtime import load_model
 from models.session import SessionOptions
-from server.bench.loadgen import latency_summary
 
 
 @dataclass
