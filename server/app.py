@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.responses import Response
 
 from models import SessionOptions
+from models.batching import BatchLimits
 from server.batching import BatchPolicy
 from server.classify.api_router import router as classify_router
 from server.embed.api_router import router as embed_router
@@ -45,10 +46,12 @@ def build_app(
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
     policy = BatchPolicy(
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        limits=BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            batch_overhead_tokens=settings.batch_overhead_tokens,
+        ),
         max_wait_ms=settings.max_wait_ms,
-        batch_overhead_tokens=settings.batch_overhead_tokens,
         max_queue_tokens=settings.max_queue_tokens,
     )
     registry = ModelRegistry(

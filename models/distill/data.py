@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.batching import BatchLimits, plan_batches
+
 if TYPE_CHECKING:
     import torch
 
@@ -258,9 +260,9 @@ def length_grouped_batches(
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Evaluation batches: rows sorted by length, so padding is minimal (order does not matter)."""
-    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
-    return [order[cut : cut + batch_size] for cut in range(0, len(order), batch_size)]
+    """Evaluation batches from the shared planner, capped by rows only (order does not matter)."""
+    unbounded_tokens = batch_size * max([1, *lengths])  # the rows cap alone decides
+    return plan_batches(lengths, BatchLimits(batch_size, max_batch_tokens=unbounded_tokens))
 
 
 def collate(

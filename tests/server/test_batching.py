@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from models.batching import EncodedRow
-from server.batching import BatchPolicy, DeadlineExceededError, DynamicBatcher, QueueFullError
+from models.batching import BatchLimits, EncodedRow
+from server.batching import DEFAULT_POLICY, BatchPolicy, DeadlineExceededError, DynamicBatcher, QueueFullError
 from server.metrics import ServerMetrics
 from tests.server.conftest import WAIT_S, until
 
@@ -52,8 +52,15 @@ def skipped_rows(batcher: DynamicBatcher) -> float:
     return 0.0 if value is None else value
 
 
-def make_batcher(model: FakeModel, **policy: int | float) -> DynamicBatcher:
-    batcher = DynamicBatcher("fake", model, BatchPolicy(**policy), ServerMetrics())  # type: ignore[arg-type]
+def make_batcher(
+    model: FakeModel,
+    *,
+    max_wait_ms: float = DEFAULT_POLICY.max_wait_ms,
+    max_queue_tokens: int = DEFAULT_POLICY.max_queue_tokens,
+    **limits: int,
+) -> DynamicBatcher:
+    policy = BatchPolicy(BatchLimits(**limits), max_wait_ms=max_wait_ms, max_queue_tokens=max_queue_tokens)
+    batcher = DynamicBatcher("fake", model, policy, ServerMetrics())
     batcher.start()
     return batcher
 
@@ -203,20 +210,3 @@ async def test_an_underfilled_batch_waits_for_requests_being_tokenized() -> None
     assert first == [(1, 5)]
     assert len(model.batches) == 1 and sorted(model.batches[0]) == [(1, 5), (2, 5)]
     await batcher.stop()
-
-
-def test_the_queue_is_split_by_length_only_when_the_padding_saved_pays_for_a_batch() -> None:
-    from server.batching import plan_groups
-
-    mixed = [5] * 16 + [60] * 16
-    assert plan_groups(mixed, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [
-        (0, 16),
-        (16, 32),
-    ]
-    close = [10] * 16 + [11] * 16  # one token of padding per short row is cheaper than a second batch
-    assert plan_groups(close, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [(0, 32)]
-    limited = plan_groups([8] * 40, max_batch_size=16, max_batch_tokens=8192, batch_overhead_tokens=32)
-    assert len(limited) == 3 and all(end - start <= 16 for start, end in limited)
-    assert sum(end - start for start, end in limited) == 40
-    budget = plan_groups([100] * 10, max_batch_size=32, max_batch_tokens=300, batch_overhead_tokens=0)
-    assert all((end - start) * 100 <= 300 for start, end in budget)
