@@ -11,17 +11,18 @@ from starlette.responses import Response
 
 from models import SessionOptions
 from models.batching import BatchLimits
+from server.admission import ClientDisconnectedError
 from server.batching import BatchPolicy
 from server.classify.api_router import router as classify_router
 from server.embed.api_router import router as embed_router
 from server.errors import install_error_handlers
-from server.inference import ClientDisconnectedError, ServerState
 from server.metrics import ServerMetrics
 from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.qa.api_router import router as qa_router
 from server.registry import ModelRegistry
 from server.service.api_router import health_router, info_router, metrics_router
 from server.service.serving import package_version
+from server.services import Services
 from server.settings import ModelSpec, ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def build_app(
         metrics=metrics,
         warmup=settings.warmup,
     )
-    state = ServerState(settings, registry, metrics)
+    services = Services.build(settings, registry, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +73,7 @@ def build_app(
         finally:
             # uvicorn has stopped accepting and drained admitted requests by the time we get here.
             await registry.stop()
-            state.close()
+            services.pipeline.close()
             logger.info("server stopped")
 
     app = FastAPI(
@@ -81,7 +82,7 @@ def build_app(
         version=package_version("distilserve"),
         lifespan=lifespan,
     )
-    app.state.distilserve = state
+    app.state.services = services
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)

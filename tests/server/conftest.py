@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from models.batching import EncodedRow
 from server.app import build_app
-from server.inference import ServerState
+from server.services import Services
 from server.settings import ServerSettings
 from tests.tiny_models import Arch, TinyTask
 
@@ -49,9 +49,9 @@ def make_settings(model_args: Sequence[str], **overrides: Any) -> ServerSettings
     return ServerSettings(model=list(model_args), warmup=False, **overrides)
 
 
-def state_of(app: FastAPI) -> ServerState:
-    state: ServerState = app.state.distilserve
-    return state
+def state_of(app: FastAPI) -> Services:
+    services: Services = app.state.services
+    return services
 
 
 @asynccontextmanager
