@@ -4,6 +4,13 @@ Every subcommand is described by a pydantic-settings class, and its command-line
 generated from that class, so each setting has exactly one definition, one ``--flag`` and one
 ``DISTILSERVE_*`` environment variable (flags win over the environment, which wins over the
 defaults). Subcommands are imported lazily: ``distilserve serve`` never imports torch.
+
+Exit status, the same for every subcommand:
+
+- 0: done;
+- 1: the run itself failed (a server that did not start or stopped on an error);
+- 2: bad input: invalid flags or settings, a subcommand missing from this install, or a
+  source, bundle or data file it cannot use (every ``DistilserveError`` a command reports).
 """
 
 from __future__ import annotations

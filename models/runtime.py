@@ -48,10 +48,6 @@ class ModelRuntime:
                 bundle_dir / MODEL_NAME, f"graph takes inputs {missing} the manifest does not list"
             )
 
-    @property
-    def task(self) -> str:
-        return self.manifest.task
-
     def prepare(self, item: Any, params: Any = None) -> Prepared:
         return self.processor.prepare(item, self.processor.default_params() if params is None else params)
 

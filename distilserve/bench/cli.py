@@ -539,7 +539,7 @@ def run(settings: Settings) -> int:
         sweep = plan_sweep(settings, report)
     except (DataError, DistilserveError, ValueError) as exc:
         print(f"distilserve bench: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if not planned and sweep is None:
         print("distilserve bench: nothing to run: give at least one bundle", file=sys.stderr)
         return 2

@@ -25,19 +25,14 @@ import numpy as np
 
 from models.batching import BatchLimits, plan_batches
 
+# Re-exported: callers import DataError from here (one class, defined in models.errors).
+from models.errors import DataError as DataError
+
 if TYPE_CHECKING:
     import torch
 
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "content", "review")
 RawLabel = int | str
-
-
-class DataError(ValueError):
-    """A training or evaluation file that cannot be read as the options say."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
 
 
 @dataclass(frozen=True)

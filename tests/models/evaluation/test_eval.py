@@ -291,7 +291,7 @@ def test_the_cli_prints_the_table_and_writes_json(
     assert "| bundle |" in capsys.readouterr().out
     saved = json.loads(output.read_text())
     assert saved["examples"] == 3 and saved["dataset"] == "sst2" and len(saved["models"]) == 1
-    assert main(["eval", str(bundle), "--dataset", "sst2", "--data-dir", str(tmp_path / "none")]) == 1
+    assert main(["eval", str(bundle), "--dataset", "sst2", "--data-dir", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
