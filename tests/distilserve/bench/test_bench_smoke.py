@@ -325,6 +325,7 @@ def test_markdown_and_plots_render_from_a_saved_report(tmp_path: Path) -> None:
 def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
     """Servers drop idle keep-alive connections (uvicorn after 5 s): not an error of the server."""
     answered = 0
+    closed = asyncio.Event()
 
     async def one_answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal answered
@@ -334,6 +335,8 @@ def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
         writer.close()  # keep-alive was promised, then the connection goes away
+        await writer.wait_closed()
+        closed.set()
 
     async def go() -> list[tuple[int, bytes]]:
         server = await asyncio.start_server(one_answer_then_close, "127.0.0.1", 0)
@@ -341,7 +344,9 @@ def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
         client = RawHttpClient(f"http://127.0.0.1:{port}", max_idle_s=60)
         try:
             first = await client.post("/x", b"{}")
-            await asyncio.sleep(0.05)  # let the close arrive
+            # The second request goes out once the server has closed: whether the client has
+            # seen the close yet (a fresh connection) or not (a stale one, retried), it is answered.
+            await closed.wait()
             second = await client.post("/x", b"{}")
             return [first, second]
         finally:
