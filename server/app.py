@@ -10,17 +10,19 @@ from fastapi import APIRouter, FastAPI
 from starlette.responses import Response
 
 from models import SessionOptions
+from models.batching import BatchLimits
+from server.admission import ClientDisconnectedError
 from server.batching import BatchPolicy
 from server.classify.api_router import router as classify_router
 from server.embed.api_router import router as embed_router
 from server.errors import install_error_handlers
-from server.inference import ClientDisconnectedError, ServerState
 from server.metrics import ServerMetrics
 from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from server.qa.api_router import router as qa_router
 from server.registry import ModelRegistry
 from server.service.api_router import health_router, info_router, metrics_router
 from server.service.serving import package_version
+from server.services import Services
 from server.settings import ModelSpec, ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -45,10 +47,12 @@ def build_app(
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
     policy = BatchPolicy(
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        limits=BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            batch_overhead_tokens=settings.batch_overhead_tokens,
+        ),
         max_wait_ms=settings.max_wait_ms,
-        batch_overhead_tokens=settings.batch_overhead_tokens,
         max_queue_tokens=settings.max_queue_tokens,
     )
     registry = ModelRegistry(
@@ -58,7 +62,7 @@ def build_app(
         metrics=metrics,
         warmup=settings.warmup,
     )
-    state = ServerState(settings, registry, metrics)
+    services = Services.build(settings, registry, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +73,7 @@ def build_app(
         finally:
             # uvicorn has stopped accepting and drained admitted requests by the time we get here.
             await registry.stop()
-            state.close()
+            services.pipeline.close()
             logger.info("server stopped")
 
     app = FastAPI(
@@ -78,7 +82,7 @@ def build_app(
         version=package_version("distilserve"),
         lifespan=lifespan,
     )
-    app.state.distilserve = state
+    app.state.services = services
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from server.errors import ApiError
+from server.services import ServicesDep
 
 
-def check_api_key(request: Request) -> None:
+def check_api_key(request: Request, api_key: SecretStr | None) -> None:
     """Raise 401 unless the request carries the configured key (no key configured: open)."""
-    api_key = request.app.state.distilserve.settings.api_key
     if api_key is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -27,10 +28,10 @@ def check_api_key(request: Request) -> None:
         )
 
 
-async def require_api_key(request: Request) -> None:
-    check_api_key(request)
+async def require_api_key(request: Request, services: ServicesDep) -> None:
+    check_api_key(request, services.settings.api_key)
 
 
-async def require_api_key_for_metrics(request: Request) -> None:
-    if request.app.state.distilserve.settings.protect_metrics:
-        check_api_key(request)
+async def require_api_key_for_metrics(request: Request, services: ServicesDep) -> None:
+    if services.settings.protect_metrics:
+        check_api_key(request, services.settings.api_key)

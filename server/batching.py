@@ -2,10 +2,10 @@
 
 Requests arrive as *jobs*: the model rows of one request (one per text, several for a long QA
 context). Rows wait in a queue; the scheduler cuts the queue, sorted by length, into the
-cheapest batches (padded tokens plus a fixed cost per batch, under ``max_batch_size`` rows and
-``max_batch_tokens`` padded tokens) and runs the one holding the oldest row, so nothing starves
-and padding stays small. A job completes when all of its rows have been computed, whatever
-batches they landed in.
+cheapest batches (``models.batching.plan_groups``: padded tokens plus a fixed cost per batch,
+under ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens) and runs the one holding
+the oldest row, so nothing starves and padding stays small. A job completes when all of its
+rows have been computed, whatever batches they landed in.
 
 The batch runs on a dedicated inference thread, one per model: ONNX Runtime parallelises inside
 a batch with its own intra-op threads, so running two batches of one model at once would only
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from models.batching import EncodedRow
+from models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -38,40 +38,14 @@ ForwardFn = Callable[[Sequence[EncodedRow]], Sequence[Any]]
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
+    """The batch limits (shared with offline scoring), and what only a live queue has."""
+
+    limits: BatchLimits = SERVER_BATCH_LIMITS
     max_wait_ms: float = 2.0
     max_queue_tokens: int = 262144
-    batch_overhead_tokens: int = 32
 
 
-def plan_groups(
-    sorted_lengths: Sequence[int], *, max_batch_size: int, max_batch_tokens: int, batch_overhead_tokens: int
-) -> list[tuple[int, int]]:
-    """Cut lengths (ascending) into ``[start, end)`` groups of least total cost.
-
-    A group costs its padded tokens (rows x its longest row) plus ``batch_overhead_tokens``, the
-    fixed cost of one more ONNX Runtime call in token units. Dynamic programming over the cut
-    points: O(rows x max_batch_size), a few thousand steps for a full queue.
-    """
-    count = len(sorted_lengths)
-    best = [0.0] + [float("inf")] * count
-    cut = [0] * (count + 1)
-    for end in range(1, count + 1):
-        longest = sorted_lengths[end - 1]
-        for start in range(end - 1, max(end - max_batch_size, 0) - 1, -1):
-            rows = end - start
-            if rows > 1 and rows * longest > max_batch_tokens:
-                break  # more rows only cost more tokens
-            cost = best[start] + rows * longest + batch_overhead_tokens
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    groups = []
-    end = count
-    while end > 0:
-        groups.append((cut[end], end))
-        end = cut[end]
-    return groups[::-1]
+DEFAULT_POLICY = BatchPolicy()
 
 
 class QueueFullError(Exception):
@@ -247,10 +221,8 @@ class DynamicBatcher:
         """Seconds worth waiting for more rows before running a batch; 0 to run now."""
         if self._incoming == 0 or self.policy.max_wait_ms <= 0:
             return 0.0
-        if (
-            len(self._queue) >= self.policy.max_batch_size
-            or self._queued_tokens >= self.policy.max_batch_tokens
-        ):
+        limits = self.policy.limits
+        if len(self._queue) >= limits.max_batch_size or self._queued_tokens >= limits.max_batch_tokens:
             return 0.0
         waited = time.monotonic() - self._queue[0].job.enqueued_at
         return max(self.policy.max_wait_ms / 1000.0 - waited, 0.0)
@@ -286,12 +258,7 @@ class DynamicBatcher:
         """
         anchor = self._queue[0]
         by_length = sorted(self._queue, key=lambda queued: queued.length)
-        groups = plan_groups(
-            [queued.length for queued in by_length],
-            max_batch_size=self.policy.max_batch_size,
-            max_batch_tokens=self.policy.max_batch_tokens,
-            batch_overhead_tokens=self.policy.batch_overhead_tokens,
-        )
+        groups = plan_groups([queued.length for queued in by_length], self.policy.limits)
         position = next(index for index, queued in enumerate(by_length) if queued is anchor)
         start, end = next((start, end) for start, end in groups if start <= position < end)
         chosen = by_length[start:end]

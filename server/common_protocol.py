@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+# One text or a non-empty list of texts: the ``input``/``inputs`` of every text route.
+TextOrTexts = Annotated[StrictStr | Annotated[list[StrictStr], Field(min_length=1)], Field()]
 
 
 class Usage(BaseModel):
@@ -13,6 +18,8 @@ class Usage(BaseModel):
 
 
 class ErrorDetail(BaseModel):
+    """The one definition of the error shape: ``server.errors`` and the middleware render it."""
+
     message: str
     type: str
     code: str | None = None

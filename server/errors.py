@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import BundleError, InputError, InputTooLongError
+from server.common_protocol import ErrorDetail, ErrorResponse
 from server.responses import OrjsonResponse
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,11 @@ class ApiError(Exception):
 def error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": ERROR_TYPES.get(status, "server_error"),
-            "code": code,
-            "param": param,
-        }
-    }
+    """The body of an error answer, in the one shape ``ErrorResponse`` defines."""
+    detail = ErrorDetail(
+        message=message, type=ERROR_TYPES.get(status, "server_error"), code=code, param=param
+    )
+    return ErrorResponse(error=detail).model_dump()
 
 
 def error_response(

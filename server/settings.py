@@ -9,8 +9,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.batching import SERVER_BATCH_LIMITS
+
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
 from models.export.default_model import default_cache_dir
+from server.batching import DEFAULT_POLICY
 
 
 def default_model_zoo() -> Path:
@@ -61,12 +64,16 @@ class ServerSettings(BaseSettings):
     )
 
     # Batching.
-    max_batch_size: int = Field(32, ge=1, le=4096, description="most rows in one model batch")
+    max_batch_size: int = Field(
+        SERVER_BATCH_LIMITS.max_batch_size, ge=1, le=4096, description="most rows in one model batch"
+    )
     max_batch_tokens: int = Field(
-        8192, ge=16, description="most padded tokens (rows x longest row) in one model batch"
+        SERVER_BATCH_LIMITS.max_batch_tokens,
+        ge=16,
+        description="most padded tokens (rows x longest row) in one model batch",
     )
     batch_overhead_tokens: int = Field(
-        32,
+        SERVER_BATCH_LIMITS.batch_overhead_tokens,
         ge=0,
         description=(
             "fixed cost of one more model batch, in padded tokens: queued rows are split into "
@@ -74,7 +81,7 @@ class ServerSettings(BaseSettings):
         ),
     )
     max_wait_ms: float = Field(
-        2.0,
+        DEFAULT_POLICY.max_wait_ms,
         ge=0,
         le=1000,
         description=(
@@ -88,7 +95,9 @@ class ServerSettings(BaseSettings):
         512, ge=1, description="requests admitted and not yet answered; beyond it, 429"
     )
     max_queue_tokens: int = Field(
-        262144, ge=1, description="tokens admitted and not yet computed, per model; beyond it, 429"
+        DEFAULT_POLICY.max_queue_tokens,
+        ge=1,
+        description="tokens admitted and not yet computed, per model; beyond it, 429",
     )
     request_timeout_s: float = Field(
         30.0,

@@ -8,8 +8,8 @@
 
 Both write a Hugging Face checkpoint (config with id2label/label2id, weights, tokenizer files)
 that ``distilserve export`` takes as it is, plus ``training.json``: the settings, the data, the
-dev scores and the timings of the run. Without the ``distilserve`` command (before the server
-package is installed), ``python -m models.distill`` takes the same options.
+dev scores and the timings of the run. Where the ``distilserve`` script is not installed (a bare
+checkout), ``python -m distilserve distill`` takes the same options.
 """
 
 from __future__ import annotations

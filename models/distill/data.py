@@ -23,19 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.batching import BatchLimits, plan_batches
+
+# Re-exported: callers import DataError from here (one class, defined in models.errors).
+from models.errors import DataError as DataError
+
 if TYPE_CHECKING:
     import torch
 
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "content", "review")
 RawLabel = int | str
-
-
-class DataError(ValueError):
-    """A training or evaluation file that cannot be read as the options say."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
 
 
 @dataclass(frozen=True)
@@ -258,9 +255,9 @@ def length_grouped_batches(
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Evaluation batches: rows sorted by length, so padding is minimal (order does not matter)."""
-    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
-    return [order[cut : cut + batch_size] for cut in range(0, len(order), batch_size)]
+    """Evaluation batches from the shared planner, capped by rows only (order does not matter)."""
+    unbounded_tokens = batch_size * max([1, *lengths])  # the rows cap alone decides
+    return plan_batches(lengths, BatchLimits(batch_size, max_batch_tokens=unbounded_tokens))
 
 
 def collate(

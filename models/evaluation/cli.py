@@ -238,12 +238,12 @@ def format_report(report: EvalReport) -> list[str]:
 
 
 def run(settings: Settings) -> int:
-    """Evaluate and print the table. Exit status 0, or 1 with the reason on stderr."""
+    """Evaluate and print the table. Exit status 0, or 2 (input it cannot use) with the reason on stderr."""
     try:
         report = evaluate(settings)
     except (DataError, DistilserveError) as exc:
         print(f"distilserve eval: {exc}", file=sys.stderr)
-        return 1
+        return 2
     for line in format_report(report):
         print(line)
     if settings.output is not None:

@@ -14,18 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Re-exported: callers import DataError from here (one class, defined in models.errors).
+from models.errors import DataError as DataError
+
 DATA_DIR_ENV = "DISTILSERVE_DATA_DIR"
 SST2_DEV = "sst2_dev.tsv"
 SQUAD_DEV = "squad_v1.1_dev.json"
 STSB_DEV = "stsbenchmark/sts-dev.csv"
-
-
-class DataError(ValueError):
-    """An evaluation file that is missing or not in the expected format."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
 
 
 def default_data_dir() -> Path:

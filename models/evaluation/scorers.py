@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from models.batching import OFFLINE_BATCH_LIMITS, plan_batches
 from models.bundle import Pooling
 from models.evaluation.data import SquadExample
 from models.runtime import load_model
@@ -55,7 +57,12 @@ class Scorer(Protocol):
 
 class BundleScorer:
     def __init__(
-        self, bundle: Path, name: str, *, batch_size: int = 32, max_batch_tokens: int = 16384
+        self,
+        bundle: Path,
+        name: str,
+        *,
+        batch_size: int = OFFLINE_BATCH_LIMITS.max_batch_size,
+        max_batch_tokens: int = OFFLINE_BATCH_LIMITS.max_batch_tokens,
     ) -> None:
         self.name = name
         self.runtime = load_model(bundle, SessionOptions())
@@ -94,7 +101,7 @@ class TorchScorer:
         source: str,
         name: str = "PyTorch source",
         *,
-        batch_size: int = 32,
+        batch_size: int = OFFLINE_BATCH_LIMITS.max_batch_size,
         max_length: int = 512,
         pooling: Pooling = "mean",
     ) -> None:
@@ -121,11 +128,11 @@ class TorchScorer:
         return self._model, self._tokenizer
 
     def _batches(self, tokenizer: Any, texts: Sequence[str]) -> Iterator[tuple[list[int], Any]]:
-        """Length-sorted batches (as the bundle scorer makes, so both pad alike): row indices and
-        their tokenized tensors."""
-        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        """Batches from the shared planner over token lengths (as the bundle scorer's ``predict``
+        makes them, so both pad alike): row indices and their tokenized tensors."""
+        encoded = tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        limits = replace(OFFLINE_BATCH_LIMITS, max_batch_size=self.batch_size)
+        for rows in plan_batches([len(ids) for ids in encoded], limits):
             batch = tokenizer(
                 [texts[row] for row in rows],
                 padding=True,

@@ -1,6 +1,6 @@
 """``distilserve export`` and ``distilserve build-default``: settings and entry points.
 
-``server.cli`` turns each settings class into command-line flags (one flag per field, the
+``distilserve.cli`` turns each settings class into command-line flags (one flag per field, the
 field's description as help) and calls the entry with the parsed settings; tests and scripts
 call ``run(Settings(...))`` directly. torch and friends are imported only when an export runs.
 """
@@ -138,12 +138,12 @@ class Settings(BaseSettings):
 
 def run(settings: Settings) -> int:
     """Export. Exit status 0 with the bundle's folder on stdout (the steps and the summary go to
-    the log, on stderr), or 1 with the reason on stderr."""
+    the log, on stderr), or 2 (input it cannot use: docs/architecture.md) with the reason on stderr."""
     try:
         export_bundle(settings.to_options())
     except DistilserveError as exc:
         print(f"distilserve export: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(settings.output.expanduser().resolve())
     return 0
 
@@ -167,6 +167,6 @@ def run_build_default(settings: BuildDefaultSettings) -> int:
         bundle = ensure_default_bundle(settings.cache_dir, overwrite=settings.overwrite)
     except DistilserveError as exc:
         print(f"distilserve build-default: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(bundle)
     return 0

@@ -26,7 +26,7 @@ from models.batching import EncodedRow, assemble_batch
 from models.bundle import ParityCheck, ProblemType, Task
 from models.export.samples import SampleSet, batch_slices
 from models.session import OnnxSession, SessionOptions
-from models.tasks.classify import sigmoid, softmax
+from models.tasks.classify import activation
 from models.tasks.embed import pool
 from models.tokenization import ThreadSafeTokenizer, TruncationConfig
 
@@ -151,12 +151,8 @@ def max_abs_diff(
 
 
 def class_scores(logits: np.ndarray, problem_type: ProblemType | None) -> np.ndarray:
-    """Scores as the runtime reports them (same rule as ``ClassifyProcessor.activation``)."""
-    if problem_type == "regression":
-        return logits
-    if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
-        return sigmoid(logits)
-    return softmax(logits)
+    """Scores as the runtime reports them: the classifier's own activation."""
+    return activation(logits, problem_type)
 
 
 def classification_metrics(

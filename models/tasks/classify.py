@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from models.batching import BatchArrays, EncodedRow
-from models.bundle import Task
+from models.bundle import ProblemType, Task
 from models.errors import InputError, InputTooLongError
 from models.tasks.base import Prepared, TaskProcessor
 from models.tokenization import TruncationConfig
@@ -43,6 +43,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))  # type: ignore[no-any-return]
+
+
+def activation(logits: np.ndarray, problem_type: ProblemType | None) -> np.ndarray:
+    """Scores from logits, as the pipeline computes them (export parity checks use it too)."""
+    if problem_type == "regression":
+        return logits
+    if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
+        return sigmoid(logits)
+    return softmax(logits)
 
 
 def encode_single_text(processor: TaskProcessor[str, Any, Any], text: str, truncate: bool) -> Prepared:
@@ -76,12 +85,7 @@ class ClassifyProcessor(TaskProcessor[str, ClassifyParams, list[LabelScore]]):
         return list(logits)
 
     def activation(self, logits: np.ndarray) -> np.ndarray:
-        problem_type = self.manifest.problem_type
-        if problem_type == "regression":
-            return logits
-        if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
-            return sigmoid(logits)
-        return softmax(logits)
+        return activation(logits, self.manifest.problem_type)
 
     def finish(
         self, prepared: Prepared, row_outputs: Sequence[np.ndarray], params: ClassifyParams

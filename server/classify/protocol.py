@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.common_protocol import Usage
-
-TextOrTexts = Annotated[StrictStr | Annotated[list[StrictStr], Field(min_length=1)], Field()]
+from server.common_protocol import TextOrTexts, Usage
 
 
 class ClassifyRequest(BaseModel):

@@ -2,43 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from models.bundle import Task
 from models.tasks import ClassifyParams, LabelScore
-from server.classify.protocol import ClassifyRequest, PredictRequest
-from server.inference import RequestContext, ServerState
+from server.admission import RequestContext
+from server.classify.protocol import (
+    Classification,
+    ClassifyRequest,
+    ClassifyResponse,
+    LabelScoreOut,
+    PredictRequest,
+)
+from server.common_protocol import Usage
+from server.pipeline import InferencePipeline
 
 TASK: Task = "text-classification"
 
 
-def _label_scores(labels: list[LabelScore]) -> list[dict[str, Any]]:
-    return [{"label": entry.label, "score": entry.score} for entry in labels]
+def _label_scores(labels: list[LabelScore]) -> list[LabelScoreOut]:
+    return [LabelScoreOut.model_construct(label=entry.label, score=entry.score) for entry in labels]
 
 
 class ClassifyService:
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        self.pipeline = pipeline
 
-    async def classify(self, request: ClassifyRequest, context: RequestContext) -> dict[str, Any]:
+    async def classify(self, request: ClassifyRequest, context: RequestContext) -> ClassifyResponse:
         texts = [request.input] if isinstance(request.input, str) else request.input
         params = ClassifyParams(top_k=request.top_k, raw_scores=request.raw_scores, truncate=request.truncate)
-        served, outcome = await self.state.run_texts(
+        served, outcome = await self.pipeline.run_texts(
             request.model, TASK, texts, params, context, param="input"
         )
-        data = []
-        for index, labels in enumerate(outcome.results):
-            best = labels[0]
-            data.append(
-                {"index": index, "label": best.label, "score": best.score, "labels": _label_scores(labels)}
+        data = [
+            Classification.model_construct(
+                index=index, label=labels[0].label, score=labels[0].score, labels=_label_scores(labels)
             )
-        usage = {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens}
-        return {"object": "list", "model": served.name, "data": data, "usage": usage}
+            for index, labels in enumerate(outcome.results)
+        ]
+        usage = Usage.model_construct(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens)
+        return ClassifyResponse.model_construct(model=served.name, data=data, usage=usage)
 
-    async def predict(self, request: PredictRequest, context: RequestContext) -> list[Any]:
-        single = isinstance(request.inputs, str)
+    async def predict(
+        self, request: PredictRequest, context: RequestContext
+    ) -> list[LabelScoreOut] | list[list[LabelScoreOut]]:
         texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
         params = ClassifyParams(top_k=request.top_k, raw_scores=request.raw_scores, truncate=request.truncate)
-        _, outcome = await self.state.run_texts(request.model, TASK, texts, params, context, param="inputs")
+        _, outcome = await self.pipeline.run_texts(
+            request.model, TASK, texts, params, context, param="inputs"
+        )
         results = [_label_scores(labels) for labels in outcome.results]
-        return results[0] if single else results
+        return results[0] if isinstance(request.inputs, str) else results

@@ -10,9 +10,11 @@ import numpy as np
 from models.bundle import Task
 from models.tasks import EmbedParams
 from models.tasks.embed import l2_normalize
-from server.embed.protocol import EmbeddingRequest, EmbedRequest
+from server.admission import RequestContext
+from server.common_protocol import Usage
+from server.embed.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbedRequest
 from server.errors import ApiError
-from server.inference import RequestContext, ServerState
+from server.pipeline import InferencePipeline
 from server.registry import ServedModel
 
 TASK: Task = "feature-extraction"
@@ -38,30 +40,31 @@ def shorten(
 
 
 class EmbedService:
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        self.pipeline = pipeline
 
-    async def embeddings(self, request: EmbeddingRequest, context: RequestContext) -> dict[str, Any]:
+    async def embeddings(self, request: EmbeddingRequest, context: RequestContext) -> EmbeddingResponse:
         texts = [request.input] if isinstance(request.input, str) else request.input
-        served, outcome = await self.state.run_texts(
+        served, outcome = await self.pipeline.run_texts(
             request.model, TASK, texts, EmbedParams(), context, param="input"
         )
         matrix = shorten(outcome.results, request.dimensions, served.runtime.manifest.normalize, served)
-        data: list[dict[str, Any]] = []
+        data = []
         for index, vector in enumerate(matrix):
+            # A float vector stays a numpy row (constructed, not validated): orjson writes it as is.
             encoded: Any = (
                 base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
                 if request.encoding_format == "base64"
                 else vector
             )
-            data.append({"object": "embedding", "index": index, "embedding": encoded})
-        usage = {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens}
-        return {"object": "list", "data": data, "model": served.name, "usage": usage}
+            data.append(EmbeddingData.model_construct(index=index, embedding=encoded))
+        usage = Usage.model_construct(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens)
+        return EmbeddingResponse.model_construct(data=data, model=served.name, usage=usage)
 
     async def embed(self, request: EmbedRequest, context: RequestContext) -> np.ndarray:
         texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
         params = EmbedParams(normalize=request.normalize, truncate=request.truncate)
-        served, outcome = await self.state.run_texts(
+        served, outcome = await self.pipeline.run_texts(
             request.model, TASK, texts, params, context, param="inputs"
         )
         return shorten(outcome.results, request.dimensions, request.normalize, served)

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from models.bundle import Task
 from models.tasks import QAInput, QAParams
-from server.inference import RequestContext, ServerState
-from server.qa.protocol import AnswerRequest
+from server.admission import RequestContext
+from server.pipeline import InferencePipeline
+from server.qa.protocol import AnswerOut, AnswerRequest
 
 TASK: Task = "question-answering"
 
 
 class AnswerService:
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    def __init__(self, pipeline: InferencePipeline) -> None:
+        self.pipeline = pipeline
 
-    async def answer(self, request: AnswerRequest, context: RequestContext) -> Any:
+    async def answer(
+        self, request: AnswerRequest, context: RequestContext
+    ) -> AnswerOut | list[AnswerOut] | list[AnswerOut | list[AnswerOut]]:
         single = not isinstance(request.inputs, list)
         pairs = [request.inputs] if not isinstance(request.inputs, list) else request.inputs
         # The item limits apply to both halves; the context is the one that can be long.
-        self.state.check_items([pair.context for pair in pairs], "inputs")
-        self.state.check_items([pair.question for pair in pairs], "inputs")
-        served = self.state.registry.resolve(request.model, TASK)
+        self.pipeline.check_items([pair.context for pair in pairs], "inputs")
+        self.pipeline.check_items([pair.question for pair in pairs], "inputs")
+        served = self.pipeline.registry.resolve(request.model, TASK)
         options = request.parameters
         params = QAParams(
             top_k=options.top_k,
@@ -33,11 +34,13 @@ class AnswerService:
             align_to_words=options.align_to_words,
         )
         items = [QAInput(question=pair.question, context=pair.context) for pair in pairs]
-        outcome = await self.state.run_items(served, items, params, context, param="inputs")
-        shaped: list[Any] = []
+        outcome = await self.pipeline.run_items(served, items, params, context, param="inputs")
+        shaped: list[AnswerOut | list[AnswerOut]] = []
         for answers in outcome.results:
             rendered = [
-                {"answer": answer.answer, "score": answer.score, "start": answer.start, "end": answer.end}
+                AnswerOut.model_construct(
+                    answer=answer.answer, score=answer.score, start=answer.start, end=answer.end
+                )
                 for answer in answers
             ]
             shaped.append(rendered[0] if options.top_k == 1 and rendered else rendered)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from server.auth import require_api_key, require_api_key_for_metrics
 from server.responses import OrjsonResponse
 from server.service.protocol import Health, Info, ModelList
-from server.service.serving import ServiceInfo
+from server.services import ServicesDep
 
 health_router = APIRouter(tags=["service"])
 info_router = APIRouter(tags=["service"], dependencies=[Depends(require_api_key)])
@@ -18,7 +18,7 @@ metrics_router = APIRouter(tags=["service"], dependencies=[Depends(require_api_k
 
 @health_router.get("/health/live", response_model=Health, summary="Liveness: the process answers")
 async def live() -> OrjsonResponse:
-    return OrjsonResponse({"status": "ok"})
+    return OrjsonResponse(Health(status="ok"))
 
 
 @health_router.get(
@@ -27,9 +27,11 @@ async def live() -> OrjsonResponse:
     summary="Readiness: every model loaded and warmed up",
     responses={503: {"model": Health, "description": "still loading"}},
 )
-async def ready(request: Request) -> OrjsonResponse:
-    is_ready = request.app.state.distilserve.registry.ready
-    return OrjsonResponse({"status": "ok" if is_ready else "loading"}, status_code=200 if is_ready else 503)
+async def ready(services: ServicesDep) -> OrjsonResponse:
+    is_ready = services.registry.ready
+    return OrjsonResponse(
+        Health(status="ok" if is_ready else "loading"), status_code=200 if is_ready else 503
+    )
 
 
 # TEI and many load balancers probe /health.
@@ -37,16 +39,15 @@ health_router.add_api_route("/health", ready, methods=["GET"], response_model=He
 
 
 @info_router.get("/v1/models", response_model=ModelList, summary="Served models (OpenAI shape)")
-async def list_models(request: Request) -> OrjsonResponse:
-    return OrjsonResponse(ServiceInfo(request.app.state.distilserve).models())
+async def list_models(services: ServicesDep) -> OrjsonResponse:
+    return OrjsonResponse(services.info.models())
 
 
 @info_router.get("/info", response_model=Info, summary="Models, tasks, labels, limits, batching and versions")
-async def info(request: Request) -> OrjsonResponse:
-    return OrjsonResponse(ServiceInfo(request.app.state.distilserve).info())
+async def info(services: ServicesDep) -> OrjsonResponse:
+    return OrjsonResponse(services.info.info())
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    registry = request.app.state.distilserve.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

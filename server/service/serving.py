@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
 
-from server.inference import ServerState
+from server.registry import ModelRegistry
+from server.service.protocol import Info, ModelCard, ModelInfo, ModelList
+from server.settings import ServerSettings
 
 _REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
 
@@ -19,57 +20,53 @@ def package_version(package: str) -> str:
 
 
 class ServiceInfo:
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    """What /v1/models and /info report; validated on construction (not a hot path)."""
 
-    def models(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": int(served.loaded_at),
-                    "owned_by": "distilserve",
-                    "task": served.task,
-                }
-                for name, served in self.state.registry.models.items()
-            ],
-        }
+    def __init__(self, settings: ServerSettings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
 
-    def info(self) -> dict[str, Any]:
-        settings = self.state.settings
+    def models(self) -> ModelList:
+        return ModelList(
+            data=[
+                ModelCard(id=name, created=int(served.loaded_at), task=served.task)
+                for name, served in self.registry.models.items()
+            ]
+        )
+
+    def info(self) -> Info:
+        settings = self.settings
         models = []
-        for name, served in self.state.registry.models.items():
+        for name, served in self.registry.models.items():
             manifest = served.runtime.manifest
             models.append(
-                {
-                    "name": name,
-                    "task": manifest.task,
-                    "model_type": manifest.model_type,
-                    "bundle": str(served.runtime.bundle_dir),
-                    "labels": manifest.labels,
-                    "problem_type": manifest.problem_type,
-                    "max_length": manifest.max_length,
-                    "hidden_size": manifest.hidden_size,
-                    "num_parameters": manifest.num_parameters,
-                    "pooling": manifest.pooling,
-                    "normalize": manifest.normalize,
-                    "quantization": manifest.quantization.model_dump(mode="json"),
-                    "parity": [check.model_dump(mode="json") for check in manifest.parity],
-                    "source": manifest.source.model_dump(mode="json"),
-                }
+                ModelInfo(
+                    name=name,
+                    task=manifest.task,
+                    model_type=manifest.model_type,
+                    bundle=str(served.runtime.bundle_dir),
+                    labels=manifest.labels,
+                    problem_type=manifest.problem_type,
+                    max_length=manifest.max_length,
+                    hidden_size=manifest.hidden_size,
+                    num_parameters=manifest.num_parameters,
+                    pooling=manifest.pooling,
+                    normalize=manifest.normalize,
+                    quantization=manifest.quantization.model_dump(mode="json"),
+                    parity=[check.model_dump(mode="json") for check in manifest.parity],
+                    source=manifest.source.model_dump(mode="json"),
+                )
             )
-        return {
-            "version": package_version("distilserve"),
-            "ready": self.state.registry.ready,
-            "models": models,
-            "batching": {
+        return Info(
+            version=package_version("distilserve"),
+            ready=self.registry.ready,
+            models=models,
+            batching={
                 "max_batch_size": settings.max_batch_size,
                 "max_batch_tokens": settings.max_batch_tokens,
                 "max_wait_ms": settings.max_wait_ms,
             },
-            "limits": {
+            limits={
                 "max_queue_requests": settings.max_queue_requests,
                 "max_queue_tokens": settings.max_queue_tokens,
                 "request_timeout_s": settings.request_timeout_s,
@@ -78,5 +75,5 @@ class ServiceInfo:
                 "max_items_per_request": settings.max_items_per_request,
                 "max_chars_per_item": settings.max_chars_per_item,
             },
-            "versions": {package: package_version(package) for package in _REPORTED_PACKAGES},
-        }
+            versions={package: package_version(package) for package in _REPORTED_PACKAGES},
+        )

@@ -99,7 +99,7 @@ def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 @pytest.fixture
 def server_url(classify_bundle: Path, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    argv = serve_argv([sys.executable, "-m", "server.cli"], [f"{MODEL}={classify_bundle}"], port)
+    argv = serve_argv([sys.executable, "-m", "distilserve"], [f"{MODEL}={classify_bundle}"], port)
     with Process(argv, tmp_path / "serve.log") as server:
         server.wait_until(f"http://127.0.0.1:{port}/health/ready", timeout_s=120)
         yield f"http://127.0.0.1:{port}"

@@ -22,7 +22,7 @@ from tests.deploy.processes import Process, free_port, http_get, http_post_json,
 pytestmark = pytest.mark.slow
 
 # What the Dockerfile copies into the image to build the package.
-PACKAGE_SOURCES = ("pyproject.toml", "README.md", "models", "server")
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "distilserve", "models", "server")
 # Export-only packages: none may be in the runtime environment.
 EXPORT_ONLY = ("torch", "transformers", "optimum", "onnx")
 # The runtime environment is about 250 MB; far more means an export dependency crept in.

@@ -1,10 +1,10 @@
-"""Row padding and length-grouped batch planning."""
+"""Row padding and the batch planner (the server, predict, evaluation and training share it)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from models.batching import EncodedRow, assemble_batch, batch_cost, plan_length_grouped_batches
+from models.batching import BatchLimits, EncodedRow, assemble_batch, batch_cost, plan_batches, plan_groups
 
 
 def test_assemble_batch_right_pads_and_masks() -> None:
@@ -19,7 +19,7 @@ def test_assemble_batch_right_pads_and_masks() -> None:
 
 def test_plans_cover_every_row_once_within_the_limits() -> None:
     lengths = [(index * 37) % 120 + 1 for index in range(500)]
-    plan = plan_length_grouped_batches(lengths, max_batch_size=32, max_batch_tokens=2048)
+    plan = plan_batches(lengths, BatchLimits(max_batch_size=32, max_batch_tokens=2048))
     flat = sorted(index for batch in plan for index in batch)
     assert flat == list(range(500))
     for batch in plan:
@@ -30,7 +30,7 @@ def test_plans_cover_every_row_once_within_the_limits() -> None:
 
 def test_length_grouping_wastes_far_less_than_arrival_order() -> None:
     lengths = [(index * 37) % 120 + 1 for index in range(512)]
-    grouped = plan_length_grouped_batches(lengths, max_batch_size=32, max_batch_tokens=1 << 20)
+    grouped = plan_batches(lengths, BatchLimits(max_batch_size=32, max_batch_tokens=1 << 20))
     arrival = [list(range(start, start + 32)) for start in range(0, 512, 32)]
 
     def padding(plan: list[list[int]]) -> int:
@@ -40,4 +40,19 @@ def test_length_grouping_wastes_far_less_than_arrival_order() -> None:
 
 
 def test_a_row_longer_than_the_budget_still_gets_a_batch() -> None:
-    assert plan_length_grouped_batches([600, 3, 4], max_batch_size=8, max_batch_tokens=512) == [[1, 2], [0]]
+    assert plan_batches([600, 3, 4], BatchLimits(max_batch_size=8, max_batch_tokens=512)) == [[1, 2], [0]]
+
+
+def test_the_queue_is_split_by_length_only_when_the_padding_saved_pays_for_a_batch() -> None:
+    mixed = [5] * 16 + [60] * 16
+    limits = BatchLimits(max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32)
+    assert plan_groups(mixed, limits) == [(0, 16), (16, 32)]
+    close = [10] * 16 + [11] * 16  # one token of padding per short row is cheaper than a second batch
+    assert plan_groups(close, limits) == [(0, 32)]
+    limited = plan_groups([8] * 40, BatchLimits(max_batch_size=16, max_batch_tokens=8192))
+    assert len(limited) == 3 and all(end - start <= 16 for start, end in limited)
+    assert sum(end - start for start, end in limited) == 40
+    budget = plan_groups(
+        [100] * 10, BatchLimits(max_batch_size=32, max_batch_tokens=300, batch_overhead_tokens=0)
+    )
+    assert all((end - start) * 100 <= 300 for start, end in budget)

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from models.batching import EncodedRow
 from server.app import build_app
-from server.inference import ServerState
+from server.services import Services
 from server.settings import ServerSettings
 from tests.tiny_models import Arch, TinyTask
 
@@ -49,9 +49,9 @@ def make_settings(model_args: Sequence[str], **overrides: Any) -> ServerSettings
     return ServerSettings(model=list(model_args), warmup=False, **overrides)
 
 
-def state_of(app: FastAPI) -> ServerState:
-    state: ServerState = app.state.distilserve
-    return state
+def state_of(app: FastAPI) -> Services:
+    services: Services = app.state.services
+    return services
 
 
 @asynccontextmanager
@@ -74,7 +74,10 @@ async def app_client(model_args: list[str]) -> AsyncIterator[tuple[FastAPI, http
 
 
 def slow_forward(app: FastAPI, model: str, delay_s: float) -> list[list[int]]:
-    """Make one model's batches take ``delay_s`` longer; returns the log of batch row lengths."""
+    """Make one model's batches take ``delay_s`` longer; returns the log of batch row lengths.
+
+    For load, never for ordering: a test that needs "this batch is running" uses ``hold_forward``.
+    """
     batcher = state_of(app).registry.models[model].batcher
     real_forward = batcher.forward
     log: list[list[int]] = []
@@ -86,6 +89,70 @@ def slow_forward(app: FastAPI, model: str, delay_s: float) -> list[list[int]]:
 
     batcher.forward = forward
     return log
+
+
+class HeldForward:
+    """A model whose batches wait for ``release``: tests order their steps on its events.
+
+    ``entered`` is set when the first batch reaches the model (it then holds the inference
+    thread), so "the blocker's batch is running" is an event, not a guess about how long a
+    sleep must be on a loaded machine.
+    """
+
+    def __init__(self, real_forward: Callable[[Sequence[EncodedRow]], Sequence[Any]]) -> None:
+        self.real_forward = real_forward
+        self.batches: list[list[int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, rows: Sequence[EncodedRow]) -> Sequence[Any]:
+        self.batches.append([len(row) for row in rows])
+        self.entered.set()
+        if not self.release.wait(WAIT_S):
+            raise RuntimeError("the test never released the held batch")
+        return self.real_forward(rows)
+
+    async def until_entered(self) -> None:
+        await asyncio.to_thread(self.wait_entered)
+
+    def wait_entered(self) -> None:
+        if not self.entered.wait(WAIT_S):
+            raise AssertionError("no batch reached the model")
+
+
+def hold_forward(app: FastAPI, model: str) -> HeldForward:
+    batcher = state_of(app).registry.models[model].batcher
+    held = HeldForward(batcher.forward)
+    batcher.forward = held
+    return held
+
+
+# Long enough never to decide a test on a loaded machine; a wait only ends this early on a bug.
+WAIT_S = 30.0
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Block until ``condition()`` holds: polls a state, so the order of steps never rests on timing."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.005)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """``wait_until`` for the event loop: yields to it between checks."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.005)
+
+
+def metric(app: FastAPI, name: str, **labels: str) -> float:
+    """A sample of the app's Prometheus registry (0 when it was never recorded)."""
+    value = state_of(app).metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 class LiveServer:

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from models.batching import EncodedRow
-from server.batching import BatchPolicy, DeadlineExceededError, DynamicBatcher, QueueFullError
+from models.batching import BatchLimits, EncodedRow
+from server.batching import DEFAULT_POLICY, BatchPolicy, DeadlineExceededError, DynamicBatcher, QueueFullError
 from server.metrics import ServerMetrics
+from tests.server.conftest import WAIT_S, until
 
 
 def row(length: int, tag: int = 0) -> EncodedRow:
@@ -19,24 +20,47 @@ def row(length: int, tag: int = 0) -> EncodedRow:
 
 
 class FakeModel:
-    """Returns each row's (tag, length), optionally slowly; records every batch."""
+    """Returns each row's (tag, length), optionally slowly; records every batch.
+
+    With ``release`` cleared, a batch waits in the model until the test sets it; ``entered`` says
+    a batch has reached the model, so tests order their steps on events, never on sleeps.
+    """
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.batches: list[list[tuple[int, int]]] = []
+        self.entered = threading.Event()
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, rows: Sequence[EncodedRow]) -> list[tuple[int, int]]:
-        self.release.wait(10)
-        time.sleep(self.delay_s)
         outputs = [(row.input_ids[0], len(row)) for row in rows]
         self.batches.append(outputs)
+        self.entered.set()
+        if not self.release.wait(WAIT_S):
+            raise RuntimeError("the test never released the held batch")
+        time.sleep(self.delay_s)  # a slow model, so that requests pile up; no step is ordered by it
         return outputs
 
+    async def until_entered(self) -> None:
+        if not await asyncio.to_thread(self.entered.wait, WAIT_S):
+            raise AssertionError("no batch reached the model")
 
-def make_batcher(model: FakeModel, **policy: int | float) -> DynamicBatcher:
-    batcher = DynamicBatcher("fake", model, BatchPolicy(**policy), ServerMetrics())  # type: ignore[arg-type]
+
+def skipped_rows(batcher: DynamicBatcher) -> float:
+    value = batcher._metrics.registry.get_sample_value("distilserve_skipped_rows_total", {"model": "fake"})
+    return 0.0 if value is None else value
+
+
+def make_batcher(
+    model: FakeModel,
+    *,
+    max_wait_ms: float = DEFAULT_POLICY.max_wait_ms,
+    max_queue_tokens: int = DEFAULT_POLICY.max_queue_tokens,
+    **limits: int,
+) -> DynamicBatcher:
+    policy = BatchPolicy(BatchLimits(**limits), max_wait_ms=max_wait_ms, max_queue_tokens=max_queue_tokens)
+    batcher = DynamicBatcher("fake", model, policy, ServerMetrics())
     batcher.start()
     return batcher
 
@@ -74,7 +98,10 @@ async def test_batches_respect_the_token_budget_and_group_similar_lengths() -> N
     batcher = make_batcher(model, max_batch_size=64, max_batch_tokens=200)
     lengths = [5, 50, 6, 48, 7, 49, 5, 47, 6, 50]
     pending = [asyncio.ensure_future(batcher.run_rows([row(length)], far())) for length in lengths]
-    await asyncio.sleep(0.05)
+    await model.until_entered()
+    await until(
+        lambda: len(model.batches[0]) + batcher.queued_rows == len(lengths), "every row held or queued"
+    )
     model.release.set()
     await asyncio.gather(*pending)
     for batch in model.batches:
@@ -93,11 +120,11 @@ async def test_the_oldest_row_always_rides_the_next_batch() -> None:
     model.release.clear()
     batcher = make_batcher(model, max_batch_size=4, max_batch_tokens=4096)
     blocker = asyncio.ensure_future(batcher.run_rows([row(3, 99)], far()))
-    await asyncio.sleep(0.02)  # the blocker's batch is now running (held)
+    await model.until_entered()  # the blocker's batch is now running (held)
     long_one = asyncio.ensure_future(batcher.run_rows([row(60, 1)], far()))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued_rows == 1, "the long row queued first")
     shorts = [asyncio.ensure_future(batcher.run_rows([row(4, 2)], far())) for _ in range(12)]
-    await asyncio.sleep(0.02)
+    await until(lambda: batcher.queued_rows == 13, "the short rows queued behind it")
     model.release.set()
     await asyncio.gather(blocker, long_one, *shorts)
     assert (1, 60) in model.batches[1]
@@ -109,12 +136,12 @@ async def test_an_expired_request_is_never_computed() -> None:
     model.release.clear()
     batcher = make_batcher(model)
     blocker = asyncio.ensure_future(batcher.run_rows([row(3, 1)], far()))
-    await asyncio.sleep(0.02)
+    await model.until_entered()
     with pytest.raises(DeadlineExceededError):
         await batcher.run_rows([row(5, 2)], time.monotonic() + 0.05)
     model.release.set()
     await blocker
-    await asyncio.sleep(0.02)
+    await until(lambda: skipped_rows(batcher) == 1, "the expired row dropped")
     assert all(tag != 2 for batch in model.batches for tag, _ in batch)
     await batcher.stop()
 
@@ -124,13 +151,13 @@ async def test_a_cancelled_request_is_never_computed() -> None:
     model.release.clear()
     batcher = make_batcher(model)
     blocker = asyncio.ensure_future(batcher.run_rows([row(3, 1)], far()))
-    await asyncio.sleep(0.02)
+    await model.until_entered()
     leaver = asyncio.ensure_future(batcher.run_rows([row(5, 2), row(6, 2)], far()))
-    await asyncio.sleep(0.02)
+    await until(lambda: batcher.queued_rows == 2, "the leaver's rows queued")
     leaver.cancel()
     model.release.set()
     await blocker
-    await asyncio.sleep(0.02)
+    await until(lambda: skipped_rows(batcher) == 2, "the cancelled rows dropped")
     assert all(tag != 2 for batch in model.batches for tag, _ in batch)
     assert batcher.queued_rows == 0 and batcher.queued_tokens == 0
     await batcher.stop()
@@ -141,9 +168,9 @@ async def test_the_token_budget_of_the_queue_refuses_new_work() -> None:
     model.release.clear()
     batcher = make_batcher(model, max_queue_tokens=20)
     running = asyncio.ensure_future(batcher.run_rows([row(4)], far()))
-    await asyncio.sleep(0.02)
+    await model.until_entered()
     queued = asyncio.ensure_future(batcher.run_rows([row(15)], far()))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued_rows == 1, "the second request queued")
     with pytest.raises(QueueFullError):
         await batcher.run_rows([row(10)], far())
     model.release.set()
@@ -153,43 +180,33 @@ async def test_the_token_budget_of_the_queue_refuses_new_work() -> None:
 
 async def test_an_idle_batcher_does_not_wait_for_company() -> None:
     model = FakeModel()
-    batcher = make_batcher(model, max_wait_ms=500)
-    started = time.monotonic()
-    await batcher.run_rows([row(5)], far())
-    assert time.monotonic() - started < 0.4  # behaviour, not speed: it did not sit out max_wait_ms
+    # A minute of max_wait_ms: had it waited for company, the 30 s bound would fail, whatever the load.
+    batcher = make_batcher(model, max_wait_ms=60_000)
+    await asyncio.wait_for(batcher.run_rows([row(5)], far()), timeout=WAIT_S)
     await batcher.stop()
 
 
 async def test_an_underfilled_batch_waits_for_requests_being_tokenized() -> None:
     model = FakeModel()
-    batcher = make_batcher(model, max_wait_ms=300, max_batch_size=8)
+    # The wait ends when the announced request arrives, long before a minute: the bound never decides.
+    batcher = make_batcher(model, max_wait_ms=60_000, max_batch_size=8)
+    announced = asyncio.Event()
+    tokenized = asyncio.Event()
 
     async def late_arrival() -> list[object]:
+        # As the server's pipeline does: announced while tokenizing, queued once tokenized.
         with batcher.incoming():
-            await asyncio.sleep(0.05)  # "tokenizing"
-            return await batcher.run_rows([row(5, 2)], far())
+            announced.set()
+            await tokenized.wait()  # "tokenizing"
+        return await batcher.run_rows([row(5, 2)], far())
 
     arrival = asyncio.ensure_future(late_arrival())
-    await asyncio.sleep(0.01)
-    first = await batcher.run_rows([row(5, 1)], far())
+    await announced.wait()
+    first_request = asyncio.ensure_future(batcher.run_rows([row(5, 1)], far()))
+    await until(lambda: batcher.queued_rows == 1, "the first row waiting for company")
+    tokenized.set()
+    first = await first_request
     await arrival
     assert first == [(1, 5)]
     assert len(model.batches) == 1 and sorted(model.batches[0]) == [(1, 5), (2, 5)]
     await batcher.stop()
-
-
-def test_the_queue_is_split_by_length_only_when_the_padding_saved_pays_for_a_batch() -> None:
-    from server.batching import plan_groups
-
-    mixed = [5] * 16 + [60] * 16
-    assert plan_groups(mixed, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [
-        (0, 16),
-        (16, 32),
-    ]
-    close = [10] * 16 + [11] * 16  # one token of padding per short row is cheaper than a second batch
-    assert plan_groups(close, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32) == [(0, 32)]
-    limited = plan_groups([8] * 40, max_batch_size=16, max_batch_tokens=8192, batch_overhead_tokens=32)
-    assert len(limited) == 3 and all(end - start <= 16 for start, end in limited)
-    assert sum(end - start for start, end in limited) == 40
-    budget = plan_groups([100] * 10, max_batch_size=32, max_batch_tokens=300, batch_overhead_tokens=0)
-    assert all((end - start) * 100 <= 300 for start, end in budget)

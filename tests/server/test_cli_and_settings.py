@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import COMMANDS, add_settings_arguments, main
+from distilserve.cli import COMMANDS, add_settings_arguments, main
 from server.settings import ModelSpec, ServerSettings
 
 
@@ -62,7 +62,7 @@ def test_invalid_settings_exit_2_with_a_message(capsys: pytest.CaptureFixture[st
 
 def test_the_console_script_lists_its_commands() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "distilserve", "--help"], capture_output=True, text=True, check=True
     )
     for name in COMMANDS:
         assert name in result.stdout
@@ -70,7 +70,7 @@ def test_the_console_script_lists_its_commands() -> None:
 
 def test_serve_help_does_not_import_torch() -> None:
     code = (
-        "import sys; from server.cli import main\n"
+        "import sys; from distilserve.cli import main\n"
         "try:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
     )

@@ -32,7 +32,7 @@ def test_without_a_zoo_or_a_default_build_there_is_nothing_to_serve(tmp_path: Pa
     "argv", [["serve", "--model-zoo", "/nonexistent", "--no-build-default", "--cache-dir"]]
 )
 def test_serve_refuses_to_start_with_nothing_to_serve(argv: list[str], tmp_path: Path) -> None:
-    from server.cli import main
+    from distilserve.cli import main
 
     assert main([*argv, str(tmp_path)]) == 2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
+import threading
 from collections.abc import Callable
 
 import httpx
@@ -15,13 +15,18 @@ from models import load_model
 from models.tasks import EmbedParams
 from server.app import build_app
 from tests.server.conftest import (
+    WAIT_S,
     BundleMap,
     LiveServer,
     gather_posts,
+    hold_forward,
     make_settings,
+    metric,
     running_app,
     slow_forward,
     state_of,
+    until,
+    wait_until,
 )
 from tests.tiny_models import corpus
 
@@ -51,12 +56,19 @@ async def test_concurrent_requests_are_batched_and_match_unbatched_results(
 
 async def test_a_full_queue_answers_429_and_health_stays_up(model_args: list[str]) -> None:
     async with running_app(model_args, max_queue_requests=2) as (app, client):
-        slow_forward(app, "sentiment", 0.2)
+        held = hold_forward(app, "sentiment")
         flood = asyncio.gather(
             *(client.post("/v1/classify", json={"input": f"text number {index}"}) for index in range(12))
         )
-        await asyncio.sleep(0.05)
+        # No request can finish while the batch is held, so exactly two are admitted and ten refused.
+        await until(
+            lambda: (
+                metric(app, "distilserve_rejected_requests_total", model="", reason="queue_requests") == 10
+            ),
+            "ten requests refused",
+        )
         health = await client.get("/health/ready")
+        held.release.set()
         responses = await flood
     assert health.status_code == 200
     statuses = [response.status_code for response in responses]
@@ -67,29 +79,40 @@ async def test_a_full_queue_answers_429_and_health_stays_up(model_args: list[str
 
 
 async def test_a_token_budget_of_the_queue_answers_429(model_args: list[str]) -> None:
-    async with running_app(model_args, max_queue_tokens=40) as (app, client):
-        slow_forward(app, "sentiment", 0.2)
-        responses = await gather_posts(
+    # One row per batch, so the held first batch cannot take the whole queue with it.
+    async with running_app(model_args, max_queue_tokens=40, max_batch_size=1) as (app, client):
+        held = hold_forward(app, "sentiment")
+        posts = gather_posts(
             client, "/v1/classify", [{"input": "a rather long sentence " * 3} for _ in range(8)]
         )
+        flood = asyncio.ensure_future(posts)
+        rejected = "distilserve_rejected_requests_total"
+        await until(
+            lambda: metric(app, rejected, model="sentiment", reason="queue_tokens") >= 1,
+            "a request refused for the queue's tokens",
+        )
+        held.release.set()
+        responses = await flood
     statuses = {response.status_code for response in responses}
     assert statuses == {200, 429}
 
 
 async def test_an_expired_deadline_answers_504_and_its_work_is_skipped(model_args: list[str]) -> None:
     async with running_app(model_args) as (app, client):
-        batches = slow_forward(app, "sentiment", 0.3)
+        held = hold_forward(app, "sentiment")
         blocker = asyncio.ensure_future(client.post("/v1/classify", json={"input": "x"}))
-        await asyncio.sleep(0.05)  # the blocker's batch is running
+        await held.until_entered()  # the blocker's batch is running, and stays so until released
         late = await client.post(
             "/v1/classify", json={"input": "this one will not wait"}, headers={"X-Request-Timeout": "0.05"}
         )
+        held.release.set()
         await blocker
-        await asyncio.sleep(0.35)
+        batcher = state_of(app).registry.models["sentiment"].batcher
+        await until(lambda: batcher.queued_rows == 0, "the expired row dropped")
         metrics = (await client.get("/metrics")).text
     assert late.status_code == 504, late.text
     assert late.json()["error"]["code"] == "deadline_exceeded"
-    assert len(batches) == 1  # only the blocker ran
+    assert len(held.batches) == 1  # only the blocker ran
     assert 'distilserve_timed_out_requests_total{model="sentiment"} 1.0' in metrics
 
 
@@ -102,32 +125,37 @@ async def test_a_bad_timeout_header_is_a_422(app_client: tuple[object, httpx.Asy
 
 def test_a_disconnected_clients_queued_work_is_not_run(live_server: Callable[..., LiveServer]) -> None:
     with live_server() as server:
-        batches = slow_forward(server.app, "sentiment", 0.5)
-        with httpx.Client(base_url=server.url, timeout=10) as client:
+        held = hold_forward(server.app, "sentiment")
+        batcher = state_of(server.app).registry.models["sentiment"].batcher
+        with httpx.Client(base_url=server.url, timeout=WAIT_S) as client:
             blocker_done: list[int] = []
 
-            async def blocker() -> None:
-                async with httpx.AsyncClient(base_url=server.url, timeout=10) as async_client:
-                    response = await async_client.post("/v1/classify", json={"input": "blocker"})
+            def blocker() -> None:
+                with httpx.Client(base_url=server.url, timeout=WAIT_S) as blocking_client:
+                    response = blocking_client.post("/v1/classify", json={"input": "blocker"})
                     blocker_done.append(response.status_code)
 
-            import threading
-
-            thread = threading.Thread(target=lambda: asyncio.run(blocker()))
+            thread = threading.Thread(target=blocker)
             thread.start()
-            time.sleep(0.15)  # the blocker's batch is running
+            held.wait_entered()  # the blocker's batch is running, held until released
             body = b'{"input": ["left before its answer", "so did this one"]}'
             with socket.create_connection(("127.0.0.1", server.port)) as raw:
                 raw.sendall(
                     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
                 )
-                time.sleep(0.1)  # admitted and queued behind the blocker
+                wait_until(lambda: batcher.queued_rows == 2, "both rows queued behind the blocker")
+            # The server sees the connection close and cancels the request before the model is free.
+            wait_until(
+                lambda: metric(server.app, "distilserve_cancelled_requests_total", model="sentiment") == 1,
+                "the departed request cancelled",
+            )
+            held.release.set()
             thread.join()
-            time.sleep(0.7)
+            wait_until(lambda: batcher.queued_rows == 0, "the departed rows dropped")
             metrics = client.get("/metrics").text
     assert blocker_done == [200]
-    assert len(batches) == 1, batches  # the departed client's rows were never computed
+    assert len(held.batches) == 1, held.batches  # the departed client's rows were never computed
     assert 'distilserve_cancelled_requests_total{model="sentiment"} 1.0' in metrics
     assert 'distilserve_skipped_rows_total{model="sentiment"} 2.0' in metrics
 
@@ -137,11 +165,20 @@ async def test_sigterm_style_shutdown_finishes_admitted_requests(model_args: lis
     settings = make_settings(model_args)
     server = LiveServer(build_app(settings, settings.model_specs))
     with server:
-        slow_forward(server.app, "sentiment", 0.3)
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        held = hold_forward(server.app, "sentiment")
+        async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as client:
             pending = asyncio.ensure_future(client.post("/v1/classify", json={"input": "finish me"}))
-            await asyncio.sleep(0.1)
+            await held.until_entered()  # admitted, and its batch is running
             server.server.should_exit = True  # what uvicorn's SIGTERM handler sets
+            # Release only once uvicorn has stopped listening: the request is in flight at shutdown.
+            await until(
+                lambda: (
+                    bool(server.server.servers)
+                    and not any(listener.is_serving() for listener in server.server.servers)
+                ),
+                "uvicorn stopped accepting",
+            )
+            held.release.set()
             response = await pending
     assert response.status_code == 200
     assert not server.thread.is_alive()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distilserve.cli import main
 from models.evaluation.cli import Settings, evaluate, format_report
 from models.evaluation.data import DataError, read_squad, read_sst2, read_stsb
 from models.evaluation.metrics import (
@@ -28,7 +29,6 @@ from models.evaluation.metrics import (
     squad_scores,
 )
 from models.evaluation.scorers import sst2_class
-from server.cli import main
 from tests.tiny_models import Arch, TinyTask
 
 BundleMap = dict[tuple[Arch, TinyTask], Path]
@@ -271,7 +271,7 @@ def test_a_bundle_of_the_wrong_task_is_refused(tiny_bundles: BundleMap, data_dir
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """``server.cli.main`` points the root logger at the current stderr (the test's capture);
+    """``distilserve.cli.main`` points the root logger at the current stderr (the test's capture);
     put the previous handlers back so later tests do not log into a closed stream."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -291,7 +291,7 @@ def test_the_cli_prints_the_table_and_writes_json(
     assert "| bundle |" in capsys.readouterr().out
     saved = json.loads(output.read_text())
     assert saved["examples"] == 3 and saved["dataset"] == "sst2" and len(saved["models"]) == 1
-    assert main(["eval", str(bundle), "--dataset", "sst2", "--data-dir", str(tmp_path / "none")]) == 1
+    assert main(["eval", str(bundle), "--dataset", "sst2", "--data-dir", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
 
 

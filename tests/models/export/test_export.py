@@ -389,8 +389,8 @@ def test_bad_source_fails_clearly_and_leaves_nothing(
         export_bundle(ExportOptions(source=str(source), output=out / "bundle", task=task))  # type: ignore[arg-type]
     assert not (out / "bundle").exists()
     assert not out.exists() or leftovers(out) == []
-    # The command reports the same error on one line and exits 1.
-    assert run(Settings(source=str(source), output=out / "bundle", task=task)) == 1
+    # The command reports the same error on one line and exits 2: a source it cannot use.
+    assert run(Settings(source=str(source), output=out / "bundle", task=task)) == 2
     assert capsys.readouterr().err.startswith("distilserve export: ")
 
 

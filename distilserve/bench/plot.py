@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from server.bench.report import BenchReport
+from distilserve.bench.report import BenchReport
 
 
 def render(report: BenchReport, folder: Path) -> list[Path]:

@@ -32,23 +32,20 @@ from typing import Literal, TypeVar
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.bundle import Task, read_manifest
-from models.errors import DistilserveError
-from models.evaluation.data import DataError, default_data_dir
-from server.bench.baselines import ceiling
-from server.bench.baselines.infinity import (
+from distilserve.bench.baselines import ceiling
+from distilserve.bench.baselines.infinity import (
     InfinityGraph,
     InfinityUnavailableError,
     infinity_server,
     prepare_model,
 )
-from server.bench.baselines.torch_server import torch_server
-from server.bench.client import ClientKind, HttpClient, RawHttpClient, make_client, require_loopback
-from server.bench.gemm_peak import EncoderFlops, measure_gemm_peak
-from server.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
-from server.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
-from server.bench.servers import ManagedServer, ServerStartError, distilserve_server
-from server.bench.workloads import (
+from distilserve.bench.baselines.torch_server import torch_server
+from distilserve.bench.client import ClientKind, HttpClient, RawHttpClient, make_client, require_loopback
+from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
+from distilserve.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
+from distilserve.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
+from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
+from distilserve.bench.workloads import (
     Api,
     Workload,
     classify_workload,
@@ -56,10 +53,12 @@ from server.bench.workloads import (
     qa_workload,
     sweep_workloads,
 )
+from models.bundle import Task, read_manifest
+from models.errors import DistilserveError
+from models.evaluation.data import DataError, default_data_dir
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 Kind = Literal["classify", "qa", "embed"]
 WorkloadChoice = Literal["classify", "qa", "embed", "sweep"]
@@ -119,8 +118,11 @@ class Settings(BaseSettings):
     )
     qa_source: Path | None = Field(None, description="PyTorch checkpoint of the QA model")
     embed_source: Path | None = Field(None, description="PyTorch checkpoint of the embedding model")
+    # Paths are relative to the working directory (the repository root, where `make` and the docs
+    # run it), never to where this package is installed.
+    repo: Path = Field(Path("."), description="the git checkout whose commit the report records")
     infinity_venv: Path = Field(
-        REPO_ROOT / ".bench-venvs" / "infinity", description="virtual environment with infinity-emb"
+        Path(".bench-venvs/infinity"), description="virtual environment with infinity-emb"
     )
     infinity_graphs: list[InfinityGraph] = Field(
         default_factory=lambda: list(ALL_INFINITY_GRAPHS),
@@ -135,10 +137,8 @@ class Settings(BaseSettings):
         default_factory=list, description="extra arguments for `distilserve serve` (e.g. --max-wait-ms=1)"
     )
     data_dir: Path = Field(default_factory=default_data_dir, description="folder of the data sets")
-    work_dir: Path = Field(
-        REPO_ROOT / ".distilserve" / "bench", description="server logs and prepared baseline models"
-    )
-    output: Path = Field(REPO_ROOT / ".distilserve" / "bench" / "results.json", description="the JSON report")
+    work_dir: Path = Field(Path(".distilserve/bench"), description="server logs and prepared baseline models")
+    output: Path = Field(Path(".distilserve/bench/results.json"), description="the JSON report")
     markdown_output: Path | None = Field(None, description="also write the tables as Markdown here")
     plot_dir: Path | None = Field(None, description="render the PNG plots into this folder")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -533,13 +533,13 @@ def phase_infinity(settings: Settings, report: BenchReport, planned: Sequence[Pl
 def run(settings: Settings) -> int:
     # The command line when run as `distilserve bench ...`; a call from Python has none to record.
     arguments = sys.argv[2:] if sys.argv[1:2] == ["bench"] else ["(called from Python)"]
-    report = BenchReport.start(REPO_ROOT, arguments)
+    report = BenchReport.start(settings.repo, arguments)
     try:
         planned = plan_workloads(settings, report)
         sweep = plan_sweep(settings, report)
     except (DataError, DistilserveError, ValueError) as exc:
         print(f"distilserve bench: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if not planned and sweep is None:
         print("distilserve bench: nothing to run: give at least one bundle", file=sys.stderr)
         return 2
@@ -568,7 +568,7 @@ def run(settings: Settings) -> int:
         settings.markdown_output.parent.mkdir(parents=True, exist_ok=True)
         settings.markdown_output.write_text(tables, encoding="utf-8")
     if settings.plot_dir is not None:
-        from server.bench.plot import render
+        from distilserve.bench.plot import render
 
         for path in render(report, settings.plot_dir):
             print(f"plot: {path}")

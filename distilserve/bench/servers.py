@@ -140,7 +140,7 @@ def distilserve_server(
 ) -> ManagedServer:
     """``distilserve serve`` for these bundles, exactly as a user starts it (its defaults)."""
     port = free_port()
-    argv = [sys.executable, "-m", "server.cli", "serve", "--host", LOOPBACK, "--port", str(port)]
+    argv = [sys.executable, "-m", "distilserve", "serve", "--host", LOOPBACK, "--port", str(port)]
     for name, bundle in models.items():
         argv += ["--model", f"{name}={bundle}"]
     argv += ["--no-build-default", "--log-format", "text", "--log-level", "warning", *extra_args]

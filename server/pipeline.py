@@ -1,27 +1,26 @@
-"""The request path every task shares: admission, deadline, disconnects, tokenize, batch, finish.
+"""The inference pipeline every task shares: check limits, tokenize, batch, finish.
 
 A task's ``serving.py`` turns its protocol request into model items and parameters and calls
-``ServerState.run_texts`` (or, for QA pairs, ``run_items``); everything about queues, limits and
-threads lives here and in ``server.batching``, once for all tasks.
+``InferencePipeline.run_texts`` (or, for QA pairs, ``run_items``). Tokenization and
+post-processing run on a thread pool, never on the event loop; rows go to the model's dynamic
+batcher (``server.batching``). Admission, deadlines and disconnects are the HTTP side's
+(``server.admission``); this module only sees the deadline they set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from fastapi import Request
+from typing import Any
 
 from models import ModelRuntime
 from models.bundle import Task
 from models.errors import InputError
 from models.tasks import Prepared
+from server.admission import RETRY_AFTER_S, RequestContext
 from server.batching import (
     BatcherClosedError,
     DeadlineExceededError,
@@ -33,25 +32,6 @@ from server.metrics import ServerMetrics
 from server.registry import ModelRegistry, ServedModel
 from server.settings import ServerSettings
 
-T = TypeVar("T")
-
-TIMEOUT_HEADER = "x-request-timeout"
-RETRY_AFTER_S = "1"
-
-
-class ClientDisconnectedError(Exception):
-    """The client closed the connection before its answer was ready."""
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """What one HTTP request carries through the serving layer."""
-
-    deadline: float  # on time.monotonic()
-    route: str
-    model: str = ""
-    tokens: int = 0
-
 
 @dataclass(frozen=True, slots=True)
 class ItemResults:
@@ -59,63 +39,19 @@ class ItemResults:
     tokens: int
 
 
-class ServerState:
-    """Everything the routes share; one per app, stored on ``app.state.distilserve``."""
+class InferencePipeline:
+    """One per app: the limits per request, the CPU pool, and the way to every model's batcher."""
 
     def __init__(self, settings: ServerSettings, registry: ModelRegistry, metrics: ServerMetrics) -> None:
-        self.settings = settings
+        self.max_items_per_request = settings.max_items_per_request
+        self.max_chars_per_item = settings.max_chars_per_item
         self.registry = registry
         self.metrics = metrics
-        # Tokenization and post-processing run here, never on the event loop.
         self.cpu_pool = ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
-        self.inflight = 0
-        self.started_at = time.time()
-
-    # Admission -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def admit(self, model: str = "") -> Iterator[None]:
-        """Count a request as in flight, or refuse it with 429 when the server is full."""
-        if self.inflight >= self.settings.max_queue_requests:
-            self.metrics.rejected.labels(model, "queue_requests").inc()
-            raise ApiError(
-                429,
-                f"server is at capacity ({self.inflight} requests in flight); retry later",
-                code="queue_full",
-                headers={"Retry-After": RETRY_AFTER_S},
-            )
-        self.inflight += 1
-        self.metrics.inflight_requests.set(self.inflight)
-        try:
-            yield
-        finally:
-            self.inflight -= 1
-            self.metrics.inflight_requests.set(self.inflight)
-
-    def deadline_for(self, request: Request) -> float:
-        """Now plus the request's timeout: the X-Request-Timeout header (seconds) or the default."""
-        timeout = self.settings.request_timeout_s
-        header = request.headers.get(TIMEOUT_HEADER)
-        if header is not None:
-            try:
-                timeout = float(header)
-            except ValueError:
-                timeout = math.nan
-            if not math.isfinite(timeout) or timeout <= 0:
-                raise ApiError(
-                    422,
-                    f"X-Request-Timeout must be a positive number of seconds, got {header!r}",
-                    code="invalid_timeout",
-                    param="X-Request-Timeout",
-                )
-            timeout = min(timeout, self.settings.max_request_timeout_s)
-        return time.monotonic() + timeout
-
-    # Limits ----------------------------------------------------------------------------------
 
     def check_items(self, texts: Sequence[str], param: str) -> None:
         """Items per request and characters per item, before any tokenization is spent on them."""
-        limit = self.settings.max_items_per_request
+        limit = self.max_items_per_request
         if len(texts) > limit:
             raise ApiError(
                 413,
@@ -125,7 +61,7 @@ class ServerState:
             )
         if not texts:
             raise ApiError(422, f"{param} must not be empty", code="invalid_input", param=param)
-        max_chars = self.settings.max_chars_per_item
+        max_chars = self.max_chars_per_item
         for index, text in enumerate(texts):
             if len(text) > max_chars:
                 where = f"{param}[{index}]" if len(texts) > 1 else param
@@ -135,8 +71,6 @@ class ServerState:
                     code="item_too_large",
                     param=where,
                 )
-
-    # Inference -------------------------------------------------------------------------------
 
     async def run_items(
         self,
@@ -222,39 +156,3 @@ def _finish_all(
     runtime: ModelRuntime, prepared: Sequence[Prepared], per_item: Sequence[Sequence[Any]], params: Any
 ) -> list[Any]:
     return [runtime.finish(item, outputs, params) for item, outputs in zip(prepared, per_item, strict=True)]
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client goes away. The body has been read, so the next message is the end."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def serve(request: Request, route: str, handler: Callable[[RequestContext], Awaitable[T]]) -> T:
-    """Run one request's handler under admission, its deadline, and a watch on its connection.
-
-    If the client disconnects first, the handler is cancelled; its queued rows are then dropped
-    by the batcher before they are computed.
-    """
-    state: ServerState = request.app.state.distilserve
-    context = RequestContext(deadline=state.deadline_for(request), route=route)
-    request.state.context = context
-    with state.admit():
-        work = asyncio.ensure_future(handler(context))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-        try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            work.cancel()
-            watcher.cancel()
-            raise
-        if work.done():
-            watcher.cancel()
-            return work.result()
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
-        state.metrics.cancelled.labels(context.model).inc()
-        raise ClientDisconnectedError(route)

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from server.bench.client import HttpClient
+from distilserve.bench.client import HttpClient
 
 Mode = Literal["closed", "open"]
 OVERFLOW = "client_overflow"

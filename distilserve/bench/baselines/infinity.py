@@ -35,8 +35,8 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
+from distilserve.bench.servers import LOOPBACK, ManagedServer, free_port
 from models.bundle import MODEL_NAME
-from server.bench.servers import LOOPBACK, ManagedServer, free_port
 
 InfinityGraph = Literal["optimum", "distilserve"]
 QUANTIZED_NAME = "model_quantized.onnx"

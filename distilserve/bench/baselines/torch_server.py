@@ -6,7 +6,7 @@ time (a sync route would run several in the threadpool at once, each with all of
 threads, and only oversubscribe the cores). torch uses one thread per core. The routes and
 request shapes are distilserve's, so the same load generator drives both:
 
-    python -m server.bench.baselines.torch_server --checkpoint DIR --task text-classification \\
+    python -m distilserve.bench.baselines.torch_server --checkpoint DIR --task text-classification \\
         --port 8100
 
 ``/health/ready`` answers 200 once the pipeline is loaded and has run once.
@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from server.bench.servers import LOOPBACK, ManagedServer, free_port
+from distilserve.bench.servers import LOOPBACK, ManagedServer, free_port
 
 TASKS = ("text-classification", "question-answering", "feature-extraction")
 
@@ -98,7 +98,7 @@ def torch_server(
     argv = [
         sys.executable,
         "-m",
-        "server.bench.baselines.torch_server",
+        "distilserve.bench.baselines.torch_server",
         "--checkpoint",
         str(checkpoint),
         "--task",

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server.bench.baselines.ceiling import measure_latency, measure_throughput
-from server.bench.cli import Settings, checkpoint_for, parse_histogram_totals, run, server_side
-from server.bench.client import HttpxClient, NotLoopbackError, RawHttpClient, require_loopback
-from server.bench.gemm_peak import EncoderFlops, measure_gemm_peak
-from server.bench.loadgen import OVERFLOW, BenchRequest, Bounds, closed_loop, open_loop
-from server.bench.report import BenchReport, markdown
-from server.bench.servers import ManagedServer, ServerStartError, free_port
-from server.bench.workloads import BundleTokens, classify_workload, embed_workload, text_of_length
+from distilserve.bench.baselines.ceiling import measure_latency, measure_throughput
+from distilserve.bench.cli import Settings, checkpoint_for, parse_histogram_totals, run, server_side
+from distilserve.bench.client import HttpxClient, NotLoopbackError, RawHttpClient, require_loopback
+from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
+from distilserve.bench.loadgen import OVERFLOW, BenchRequest, Bounds, closed_loop, open_loop
+from distilserve.bench.report import BenchReport, markdown
+from distilserve.bench.servers import ManagedServer, ServerStartError, free_port
+from distilserve.bench.workloads import BundleTokens, classify_workload, embed_workload, text_of_length
 from tests.server.conftest import BundleMap, LiveServer
 from tests.tiny_models import corpus
 
@@ -317,7 +317,7 @@ def test_markdown_and_plots_render_from_a_saved_report(tmp_path: Path) -> None:
     text = markdown(report)
     assert "distilserve bench --x" in text
     pytest.importorskip("matplotlib")
-    from server.bench.plot import render
+    from distilserve.bench.plot import render
 
     assert render(report, tmp_path / "plots") == []  # nothing measured, nothing drawn
 
@@ -325,6 +325,7 @@ def test_markdown_and_plots_render_from_a_saved_report(tmp_path: Path) -> None:
 def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
     """Servers drop idle keep-alive connections (uvicorn after 5 s): not an error of the server."""
     answered = 0
+    closed = asyncio.Event()
 
     async def one_answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal answered
@@ -334,6 +335,8 @@ def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
         writer.close()  # keep-alive was promised, then the connection goes away
+        await writer.wait_closed()
+        closed.set()
 
     async def go() -> list[tuple[int, bytes]]:
         server = await asyncio.start_server(one_answer_then_close, "127.0.0.1", 0)
@@ -341,7 +344,9 @@ def test_a_keep_alive_connection_closed_by_the_server_is_retried_once() -> None:
         client = RawHttpClient(f"http://127.0.0.1:{port}", max_idle_s=60)
         try:
             first = await client.post("/x", b"{}")
-            await asyncio.sleep(0.05)  # let the close arrive
+            # The second request goes out once the server has closed: whether the client has
+            # seen the close yet (a fresh connection) or not (a stale one, retried), it is answered.
+            await closed.wait()
             second = await client.post("/x", b"{}")
             return [first, second]
         finally:
@@ -356,7 +361,7 @@ def test_bench_and_eval_help_do_not_import_torch() -> None:
     import subprocess
 
     code = (
-        "import sys; from server.cli import main\n"
+        "import sys; from distilserve.cli import main\n"
         "for command in ('bench', 'eval'):\n"
         "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"

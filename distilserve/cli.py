@@ -4,6 +4,13 @@ Every subcommand is described by a pydantic-settings class, and its command-line
 generated from that class, so each setting has exactly one definition, one ``--flag`` and one
 ``DISTILSERVE_*`` environment variable (flags win over the environment, which wins over the
 defaults). Subcommands are imported lazily: ``distilserve serve`` never imports torch.
+
+Exit status, the same for every subcommand:
+
+- 0: done;
+- 1: the run itself failed (a server that did not start or stopped on an error);
+- 2: bad input: invalid flags or settings, a subcommand missing from this install, or a
+  source, bundle or data file it cannot use (every ``DistilserveError`` a command reports).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from server.log_config import configure_logging
+from distilserve.log_config import configure_logging
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,7 @@ class Command:
     module: str
     settings_class: str
     entry: str
+    extra: str | None = None  # the pip extra its module's imports need beyond the runtime
 
 
 COMMANDS: dict[str, Command] = {
@@ -42,22 +50,32 @@ COMMANDS: dict[str, Command] = {
         "models.export.cli",
         "Settings",
         "run",
+        "export",
     ),
     "build-default": Command(
         "build the default embedding bundle (all-MiniLM-L6-v2) into the cache",
         "models.export.cli",
         "BuildDefaultSettings",
         "run_build_default",
+        "export",
     ),
     "distill": Command(
         "fine-tune a teacher or distill a student (DistilBERT recipe)",
         "models.distill.cli",
         "Settings",
         "run",
+        "export",
     ),
-    "eval": Command("score a bundle on SST-2, SQuAD or STS-B", "models.evaluation.cli", "Settings", "run"),
+    "eval": Command(
+        "score a bundle on SST-2, SQuAD or STS-B", "models.evaluation.cli", "Settings", "run", "export"
+    ),
+    # The load generator lives outside the runtime (server/); it is imported only when asked for.
     "bench": Command(
-        "load-test a running server against its baselines", "server.bench.cli", "Settings", "run"
+        "load-test a running server against its baselines",
+        "distilserve.bench.cli",
+        "Settings",
+        "run",
+        "bench",
     ),
 }
 
@@ -154,9 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings_class, entry = _load(command)
     except ImportError as exc:
+        needs = f'; it needs the {command.extra} extra: pip install "distilserve[{command.extra}]"'
         print(
-            f"distilserve {known.command}: unavailable in this install ({exc}). "
-            'The export, distill and eval commands need the export extra: pip install "distilserve[export]"',
+            f"distilserve {known.command}: unavailable in this install ({exc})"
+            + (needs if command.extra else ""),
             file=sys.stderr,
         )
         return 2

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from server.bench.baselines.ceiling import CeilingResult
-from server.bench.gemm_peak import GemmPeak
-from server.bench.loadgen import RunResult
+from distilserve.bench.baselines.ceiling import CeilingResult
+from distilserve.bench.gemm_peak import GemmPeak
+from distilserve.bench.loadgen import RunResult
 
 # The CPU features that decide which int8 kernels ONNX Runtime can use.
 INTERESTING_FLAGS = (

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distilserve.bench.loadgen import latency_summary
+from models.batching import SERVER_BATCH_LIMITS
 from models.runtime import load_model
 from models.session import SessionOptions
-from server.bench.loadgen import latency_summary
 
 
 @dataclass
@@ -36,8 +37,8 @@ def measure_throughput(
     tokens: Sequence[int],
     *,
     workload: str,
-    max_batch_size: int = 32,
-    max_batch_tokens: int = 8192,
+    max_batch_size: int = SERVER_BATCH_LIMITS.max_batch_size,
+    max_batch_tokens: int = SERVER_BATCH_LIMITS.max_batch_tokens,
     max_items: int = 2000,
     max_duration_s: float = 20.0,
     session_options: SessionOptions | None = None,

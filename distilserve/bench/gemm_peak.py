@@ -13,7 +13,7 @@ weighted sum. Padding, softmax, normalisation and activations are not counted, s
 Pooler and classifier weights are counted per token although they run once per sequence; for
 the 3-layer MiniLM student that overstates a classification sequence by under 3%.
 
-Runs as a script too: ``python -m server.bench.gemm_peak``. Needs the ``onnx`` package (in the
+Runs as a script too: ``python -m distilserve.bench.gemm_peak``. Needs the ``onnx`` package (in the
 export extra) to build the graph.
 """
 

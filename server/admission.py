@@ -1,0 +1,148 @@
+"""What happens around a request's work on the HTTP side: admission, deadline, disconnects.
+
+- ``Admission`` counts requests in flight and refuses one over ``max_queue_requests`` with 429,
+  and turns ``X-Request-Timeout`` (or the default) into the request's deadline.
+- ``with_cancellation`` wraps a route handler, as vLLM's decorator of that name does: the
+  handler runs admitted, beside a watch on the connection; if the client leaves first, the
+  handler is cancelled, so its queued rows are dropped before they are computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from fastapi import Request
+
+from server.errors import ApiError
+from server.metrics import ServerMetrics
+from server.settings import ServerSettings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TIMEOUT_HEADER = "x-request-timeout"
+RETRY_AFTER_S = "1"
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one HTTP request carries through the serving layer (the access log reads it too)."""
+
+    deadline: float  # on time.monotonic()
+    model: str = ""
+    tokens: int = 0
+
+
+class Admission:
+    """One per app: requests in flight, and the deadline each one gets."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        self.max_requests = settings.max_queue_requests
+        self.default_timeout_s = settings.request_timeout_s
+        self.max_timeout_s = settings.max_request_timeout_s
+        self.metrics = metrics
+        self.inflight = 0
+
+    @contextlib.contextmanager
+    def admit(self, model: str = "") -> Iterator[None]:
+        """Count a request as in flight, or refuse it with 429 when the server is full."""
+        if self.inflight >= self.max_requests:
+            self.metrics.rejected.labels(model, "queue_requests").inc()
+            raise ApiError(
+                429,
+                f"server is at capacity ({self.inflight} requests in flight); retry later",
+                code="queue_full",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        self.inflight += 1
+        self.metrics.inflight_requests.set(self.inflight)
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight_requests.set(self.inflight)
+
+    def context_for(self, request: Request) -> RequestContext:
+        """A context whose deadline is now plus the X-Request-Timeout header (seconds) or the default."""
+        timeout = self.default_timeout_s
+        header = request.headers.get(TIMEOUT_HEADER)
+        if header is not None:
+            try:
+                timeout = float(header)
+            except ValueError:
+                timeout = math.nan
+            if not math.isfinite(timeout) or timeout <= 0:
+                raise ApiError(
+                    422,
+                    f"X-Request-Timeout must be a positive number of seconds, got {header!r}",
+                    code="invalid_timeout",
+                    param="X-Request-Timeout",
+                )
+            timeout = min(timeout, self.max_timeout_s)
+        return RequestContext(deadline=time.monotonic() + timeout)
+
+
+@runtime_checkable
+class HasAdmission(Protocol):
+    @property
+    def admission(self) -> Admission: ...
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Returns when the client goes away. The body has been read, so the next message is the end."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _argument(kwargs: dict[str, object], name: str, kind: type[T]) -> T:
+    value = kwargs.get(name)
+    if not isinstance(value, kind):
+        raise TypeError(f"a @with_cancellation route takes `{name}: {kind.__name__}` as a parameter")
+    return value
+
+
+def with_cancellation(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a route admitted, under its deadline, and cancel it when the client disconnects.
+
+    The route takes ``request: Request``, ``services`` (anything with an ``admission``) and
+    ``context: RequestContext`` among its parameters; FastAPI passes them by keyword. The
+    signature FastAPI inspects stays the handler's (``functools.wraps``).
+    """
+
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        request = _argument(kwargs, "request", Request)
+        admission = _argument(kwargs, "services", HasAdmission).admission  # type: ignore[type-abstract]
+        context = _argument(kwargs, "context", RequestContext)
+        with admission.admit():
+            work = asyncio.ensure_future(handler(*args, **kwargs))
+            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+            try:
+                await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                work.cancel()
+                watcher.cancel()
+                raise
+            if work.done():
+                watcher.cancel()
+                return work.result()
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            admission.metrics.cancelled.labels(context.model).inc()
+            raise ClientDisconnectedError(request.url.path)
+
+    return guarded
