@@ -17,7 +17,6 @@ them), which picks the checkpoint kept.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +38,19 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
     """Run one fine-tuning or distillation job of a reader; returns the record saved as training.json."""
     import torch
     import transformers
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
-    from models.distill.cli import _teacher_logits, _write_checkpoint, check_output, finish_record, state_dir
-    from models.distill.losses import DistillWeights
+    from models.distill.run import (
+        Job,
+        distill_weights,
+        environment_record,
+        finetuned_model,
+        fit,
+        model_record,
+        start_run,
+        student_layers,
+        teacher_logits,
+    )
     from models.distill.squad import (
         question_answering_features,
         read_id_list,
@@ -52,39 +60,25 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
     )
     from models.distill.student import (
         build_student,
-        count_parameters,
-        default_student_layers,
         num_layers,
-        validate_layers,
     )
     from models.distill.trainer import (
         EvalRecord,
         Objective,
         QuestionAnsweringDistillObjective,
         QuestionAnsweringFinetuneObjective,
-        TrainOptions,
         predict_logits,
-        resolve_device,
-        seed_everything,
         span_logits,
-        train,
     )
 
-    run_started = time.perf_counter()
-    output = settings.output
-    check_output(settings)
     max_length = settings.max_length or DEFAULT_MAX_LENGTH
     if settings.best_metric in ("accuracy", "agreement"):
         raise ValueError(
             "a reader's checkpoint is picked by dev f1 or exact_match, not " + settings.best_metric
         )
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    device = resolve_device(settings.device)
-    seed_everything(settings.seed)
+    start = start_run(settings)
+    device, tokenizer, pad_token_id = start.device, start.tokenizer, start.pad_token_id
     teacher_dir = settings.teacher
-    if not (teacher_dir / "config.json").is_file():
-        raise ValueError(f"{teacher_dir} is not a Hugging Face checkpoint folder (no config.json)")
 
     excluded = read_id_list(settings.exclude_ids_file) if settings.exclude_ids_file else set()
     all_train = read_squad_questions(settings.train_file, exclude_ids=excluded)
@@ -95,8 +89,6 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
             read_squad_questions(settings.dev_file), settings.max_dev_samples, settings.seed
         )
 
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     teacher_config = transformers.AutoConfig.from_pretrained(teacher_dir)
     if settings.mode == "distill":
         if not _is_reader(teacher_config):
@@ -138,20 +130,14 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
     objective: Objective
     teacher_dev: dict[str, float] | None = None
     if settings.mode == "distill":
-        layers = settings.student_layers or default_student_layers(teacher_layers)
-        weights = DistillWeights(
-            temperature=settings.temperature,
-            alpha=settings.alpha,
-            beta=settings.beta,
-            cosine=settings.cosine_weight,
-        )
-        validate_layers(layers, teacher_layers)
+        layers = student_layers(settings, teacher_layers)
+        weights = distill_weights(settings)
         teacher.to(device).eval()
-        logits = _teacher_logits(
+        logits = teacher_logits(
             teacher, teacher_dir, train_set, settings, pad_token_id, device, "train", logits_of=span_logits
         )
         if dev_set is not None:
-            dev_logits = _teacher_logits(
+            dev_logits = teacher_logits(
                 teacher, teacher_dir, dev_set, settings, pad_token_id, device, "dev", logits_of=span_logits
             )
             teacher_dev = squad_dev_scores(dev_set, dev_logits[:, 0], dev_logits[:, 1])
@@ -162,19 +148,12 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
         if weights.cosine == 0:
             del teacher
     else:
-        layers = settings.student_layers or list(range(teacher_layers))
-        model = teacher if len(layers) == teacher_layers else build_student(teacher, layers)
+        model, layers = finetuned_model(settings, teacher, teacher_layers)
         objective = QuestionAnsweringFinetuneObjective()
-    if settings.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
 
     record: dict[str, Any] = {
         "task": "question-answering",
-        "mode": settings.mode,
-        "teacher": str(teacher_dir),
-        "teacher_layers": teacher_layers,
-        "student_layers": layers,
-        "parameters": count_parameters(model),
+        **model_record(settings, teacher_layers, layers, model),
         "train": {
             "file": str(settings.train_file),
             "questions": len(train_questions),
@@ -191,14 +170,7 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
             "windows": len(dev_set),
             "teacher": teacher_dev,
         },
-        "settings": settings.model_dump(mode="json"),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        **environment_record(settings, device),
     }
     logger.info(
         "training",
@@ -213,37 +185,18 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
         },
     )
 
-    def save(best: Any) -> None:
-        record["best"] = None if best is None else vars(best)
-        _write_checkpoint(model, tokenizer, output, record)
-
-    options = TrainOptions(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_ratio=settings.warmup_ratio,
-        eval_every=settings.eval_every,
-        best_metric=settings.best_metric or "f1",
-        seed=settings.seed,
-        progress=settings.progress,
-        checkpoint_dir=state_dir(settings),
-        checkpoint_every=settings.checkpoint_every,
-        resume=settings.resume,
+    return fit(
+        Job(
+            settings=settings,
+            model=model,
+            tokenizer=tokenizer,
+            train_set=train_set,
+            objective=objective,
+            record=record,
+            device=device,
+            pad_token_id=pad_token_id,
+            default_metric="f1",
+            started=start.started,
+            evaluator=dev_record if dev_set is not None else None,
+        )
     )
-    result = train(
-        model,
-        train_set,
-        objective,
-        options,
-        pad_token_id=pad_token_id,
-        device=device,
-        evaluator=dev_record if dev_set is not None else None,
-        on_best=save,
-    )
-    if dev_set is not None and result.best is None:
-        save(None)
-    record["result"] = result.to_dict()
-    record["wall_seconds"] = round(time.perf_counter() - run_started, 1)
-    finish_record(output, record, settings)
-    return record

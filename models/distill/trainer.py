@@ -80,6 +80,7 @@ class DistillObjective:
 
     The cosine term needs the teacher's hidden states, which are too large to cache (tokens x
     width floats per row), so with ``weights.cosine > 0`` the teacher also runs on every batch.
+    Subclasses say how a batch's logits and targets are shaped (``logits_and_targets``).
     """
 
     def __init__(self, teacher_logits: torch.Tensor, weights: DistillWeights, teacher: Any = None) -> None:
@@ -88,6 +89,12 @@ class DistillObjective:
         self.teacher_logits = teacher_logits
         self.weights = weights
         self.teacher = teacher
+
+    def logits_and_targets(
+        self, outputs: Any, batch: dict[str, torch.Tensor], cached: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Student logits, teacher logits and labels, as rows of one softmax each."""
+        return outputs.logits, cached, batch.get("labels")
 
     def __call__(
         self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
@@ -100,11 +107,12 @@ class DistillObjective:
             with torch.no_grad():
                 teacher_hidden = self.teacher(**inputs, output_hidden_states=True).hidden_states[-1]
             student_hidden = outputs.hidden_states[-1]
-        target = self.teacher_logits[torch.as_tensor(indices, device=self.teacher_logits.device)]
+        cached = self.teacher_logits[torch.as_tensor(indices, device=self.teacher_logits.device)]
+        student, target, labels = self.logits_and_targets(outputs, batch, cached)
         return distillation_loss(
-            outputs.logits,
+            student,
             target,
-            batch.get("labels"),
+            labels,
             self.weights,
             student_hidden=student_hidden,
             teacher_hidden=teacher_hidden,
@@ -141,7 +149,7 @@ class QuestionAnsweringFinetuneObjective:
         return loss, {"ce": float(loss.detach())}
 
 
-class QuestionAnsweringDistillObjective:
+class QuestionAnsweringDistillObjective(DistillObjective):
     """The distillation loss on start and end logits, against cached teacher span logits.
 
     ``teacher_logits`` is ``(rows, 2, max_length)`` with padding at ``MASKED_LOGIT``; each batch
@@ -149,40 +157,17 @@ class QuestionAnsweringDistillObjective:
     the same loss (``span_rows``), so T^2 * KL and the cross-entropy average over both.
     """
 
-    def __init__(self, teacher_logits: torch.Tensor, weights: DistillWeights, teacher: Any = None) -> None:
-        if weights.cosine > 0 and teacher is None:
-            raise ValueError("the cosine loss needs the teacher model")
-        self.teacher_logits = teacher_logits
-        self.weights = weights
-        self.teacher = teacher
-
-    def __call__(
-        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        inputs = model_inputs(batch)
-        use_hidden = self.weights.cosine > 0
-        outputs = model(**inputs, output_hidden_states=use_hidden)
-        student_hidden = teacher_hidden = None
-        if use_hidden:
-            with torch.no_grad():
-                teacher_hidden = self.teacher(**inputs, output_hidden_states=True).hidden_states[-1]
-            student_hidden = outputs.hidden_states[-1]
-        width = batch["input_ids"].shape[1]
-        rows = torch.as_tensor(indices, device=self.teacher_logits.device)
-        target = mask_padding(self.teacher_logits[rows][:, :, :width], batch["attention_mask"])
-        student = mask_padding(span_logits(outputs), batch["attention_mask"])
+    def logits_and_targets(
+        self, outputs: Any, batch: dict[str, torch.Tensor], cached: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        mask = batch["attention_mask"]
+        width = mask.shape[1]
+        target = mask_padding(cached[:, :, :width], mask)
+        student = mask_padding(span_logits(outputs), mask)
         labels = None
         if "start_positions" in batch:
             labels = span_rows(batch["start_positions"], batch["end_positions"])
-        return distillation_loss(
-            student.reshape(-1, width),
-            target.reshape(-1, width),
-            labels,
-            self.weights,
-            student_hidden=student_hidden,
-            teacher_hidden=teacher_hidden,
-            attention_mask=batch["attention_mask"],
-        )
+        return student.reshape(-1, width), target.reshape(-1, width), labels
 
 
 def _pad_last_axis(rows: list[np.ndarray], fill: float) -> np.ndarray:

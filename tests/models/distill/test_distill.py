@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill.cli import TRAINING_RECORD, Settings, run
+from models.distill.cli import Settings, run
 from models.distill.data import DataError, encode, length_grouped_batches, read_examples
 from models.distill.losses import soft_target_kl
+from models.distill.run import TRAINING_RECORD
 from models.distill.student import build_student, default_student_layers, validate_layers
 from models.distill.trainer import predict_logits
 from tests.tiny_models import LABELS, Arch, TinyTask, corpus, toy_label

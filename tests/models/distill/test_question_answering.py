@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill.cli import TRAINING_RECORD, Settings, run, state_dir
+from models.distill.cli import Settings, run
 from models.distill.data import DataError, collate
+from models.distill.run import TRAINING_RECORD, state_dir
 from models.distill.squad import (
     SquadQuestion,
     best_answers,
