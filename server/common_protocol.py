@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic_core import PydanticCustomError
+
+
+def _refuse_lone_surrogates(value: str) -> str:
+    """JSON's ``\\ud800`` escape decodes to a lone surrogate, which is no character: the
+    tokenizer and the UTF-8 encoder both refuse it. Refused here, the error names the field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "invalid_unicode",
+            "text holds a lone surrogate (U+{code}) at character {index}, which is not valid Unicode",
+            {"code": f"{ord(value[exc.start]):04X}", "index": exc.start},
+        ) from None
+    return value
+
+
+# Every string a client sends: strictly a string, and valid Unicode.
+Text = Annotated[StrictStr, AfterValidator(_refuse_lone_surrogates)]
 
 # One text or a non-empty list of texts: the ``input``/``inputs`` of every text route.
-TextOrTexts = Annotated[StrictStr | Annotated[list[StrictStr], Field(min_length=1)], Field()]
+TextOrTexts = Annotated[Text | Annotated[list[Text], Field(min_length=1)], Field()]
 
 
 class Usage(BaseModel):

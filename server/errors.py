@@ -55,12 +55,21 @@ class ApiError(Exception):
         super().__init__(message)
 
 
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates escaped: an error may quote what the client sent (a JSON key,
+    a model name), and orjson cannot write a string that is not valid UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
     """The body of an error answer, in the one shape ``ErrorResponse`` defines."""
     detail = ErrorDetail(
-        message=message, type=ERROR_TYPES.get(status, "server_error"), code=code, param=param
+        message=_encodable(message),
+        type=ERROR_TYPES.get(status, "server_error"),
+        code=code,
+        param=None if param is None else _encodable(param),
     )
     return ErrorResponse(error=detail).model_dump()
 

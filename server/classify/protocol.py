@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.common_protocol import TextOrTexts, Usage
+from server.common_protocol import Text, TextOrTexts, Usage
 
 
 class ClassifyRequest(BaseModel):
@@ -15,7 +15,7 @@ class ClassifyRequest(BaseModel):
         json_schema_extra={"example": {"input": ["A gripping, beautifully shot film.", "Dull."], "top_k": 2}},
     )
 
-    model: str | None = Field(
+    model: Text | None = Field(
         None, description="model name; optional when one classification model is served"
     )
     input: TextOrTexts = Field(description="one text or a list of texts")
@@ -52,4 +52,4 @@ class PredictRequest(BaseModel):
     raw_scores: bool = False
     truncate: bool = False
     top_k: int | None = Field(None, ge=1)
-    model: str | None = None
+    model: Text | None = None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.common_protocol import Text
 
 
 class QuestionContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: StrictStr
-    context: StrictStr
+    question: Text
+    context: Text
 
 
 class AnswerParameters(BaseModel):
@@ -41,7 +43,7 @@ class AnswerRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(None, description="model name; optional when one QA model is served")
+    model: Text | None = Field(None, description="model name; optional when one QA model is served")
     inputs: QuestionContext | list[QuestionContext] = Field(description="one question and context, or a list")
     parameters: AnswerParameters = Field(default_factory=lambda: AnswerParameters())
 

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
+from server.errors import error_body
 from tests.server.conftest import running_app
 
 LONG_TEXT = "word " * 400  # far beyond the tiny models' 128 tokens
@@ -157,3 +159,51 @@ async def test_the_api_key_guards_inference_but_not_health_or_metrics(model_args
         assert (await client.get("/v1/models")).status_code == 401
         assert (await client.get("/health/ready")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
+
+
+# A lone surrogate, as JSON carries it: the escape is valid JSON but decodes to no character.
+SURROGATE = "abc \\ud800 def"
+QA = '"inputs": {{"question": {question}, "context": {context}}}'
+SURROGATE_FIELDS: list[tuple[str, str, str]] = [
+    ("/v1/classify", f'{{"input": "{SURROGATE}"}}', "input"),
+    ("/v1/classify", f'{{"input": ["fine", "{SURROGATE}"]}}', "input[1]"),
+    ("/v1/classify", f'{{"input": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/predict", f'{{"inputs": "{SURROGATE}"}}', "inputs"),
+    ("/predict", f'{{"inputs": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/v1/embeddings", f'{{"input": "{SURROGATE}"}}', "input"),
+    ("/v1/embeddings", f'{{"input": ["{SURROGATE}"]}}', "input[0]"),
+    ("/v1/embeddings", f'{{"input": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/v1/embeddings", f'{{"input": "x", "user": "{SURROGATE}"}}', "user"),
+    ("/embed", f'{{"inputs": "{SURROGATE}"}}', "inputs"),
+    ("/embed", f'{{"inputs": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/v1/answer", "{" + QA.format(question=f'"{SURROGATE}"', context='"ctx"') + "}", "inputs.question"),
+    ("/v1/answer", "{" + QA.format(question='"q"', context=f'"{SURROGATE}"') + "}", "inputs.context"),
+    ("/v1/answer", f'{{"inputs": {{"question": "q", "context": "c"}}, "model": "{SURROGATE}"}}', "model"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "param"), SURROGATE_FIELDS)
+async def test_a_lone_surrogate_in_any_text_field_is_a_422_naming_it(
+    strict_client: tuple[FastAPI, httpx.AsyncClient], route: str, body: str, param: str
+) -> None:
+    _, client = strict_client
+    response = await client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert "surrogate" in error["message"] and error["code"] == "invalid_request"
+
+
+async def test_a_lone_surrogate_in_a_key_is_a_422(strict_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    _, client = strict_client
+    body = f'{{"input": "x", "{SURROGATE}": 1}}'.encode()
+    response = await client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_an_error_quoting_a_lone_surrogate_can_still_be_written() -> None:
+    # Errors quote what clients sent; orjson refuses to write a string that is not valid UTF-8.
+    body = orjson.loads(orjson.dumps(error_body(422, "key '\ud800' is unknown", param="\ud800")))
+    assert body["error"]["message"] == "key '\\ud800' is unknown"
+    assert body["error"]["param"] == "\\ud800"
