@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.batching import SERVER_BATCH_LIMITS
@@ -14,6 +15,16 @@ from models.batching import SERVER_BATCH_LIMITS
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
 from models.export.default_model import default_cache_dir
 from server.batching import DEFAULT_POLICY
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (a loopback address or localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[] ")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 def default_model_zoo() -> Path:
@@ -113,9 +124,27 @@ class ServerSettings(BaseSettings):
 
     # Security.
     api_key: SecretStr | None = Field(
-        None, description="require 'Authorization: Bearer <key>' on the inference and info routes"
+        None,
+        description=(
+            "require 'Authorization: Bearer <key>' on the inference and info routes; an empty key is "
+            "refused at start-up"
+        ),
     )
     protect_metrics: bool = Field(False, description="also require the API key on /metrics")
+    allow_unauthenticated: bool = Field(
+        False,
+        description=(
+            "serve without an API key on an address other than loopback; without it (or a key), "
+            "such a --host is refused at start-up"
+        ),
+    )
+    docs_access: Literal["protected", "open", "off"] = Field(
+        "protected",
+        description=(
+            "/docs, /redoc and /openapi.json: protected (behind the API key when one is set, open "
+            "otherwise), open (always open), off (not served)"
+        ),
+    )
 
     # Threads.
     intra_op_threads: int = Field(
@@ -153,6 +182,24 @@ class ServerSettings(BaseSettings):
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
         return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would make "Authorization: Bearer " (no token) a valid credential.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("the API key must not be empty; unset it to serve without one")
+        return value
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> ServerSettings:
+        if self.api_key is None and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines and no API key is set: set "
+                "--api-key (DISTILSERVE_API_KEY), or pass --allow-unauthenticated "
+                "(DISTILSERVE_ALLOW_UNAUTHENTICATED=true) to serve it open"
+            )
+        return self
 
     @property
     def model_specs(self) -> list[ModelSpec]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from distilserve.cli import COMMANDS, add_settings_arguments, main
 from server.settings import ModelSpec, ServerSettings
@@ -75,3 +76,30 @@ def test_serve_help_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# Refusals are checked on the settings (what `distilserve serve` turns into exit 2 and a message,
+# as test_invalid_settings_exit_2_with_a_message shows): a server that wrongly accepted them
+# would otherwise start serving inside the test.
+def test_an_empty_api_key_is_refused_from_the_flag_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for empty in ("", "   "):
+        with pytest.raises(ValidationError, match="API key must not be empty"):
+            parse(["--api-key", empty])
+    monkeypatch.setenv("DISTILSERVE_API_KEY", "")
+    with pytest.raises(ValidationError, match="API key must not be empty"):
+        parse([])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com"])
+def test_a_host_reachable_from_elsewhere_needs_a_key_or_an_explicit_opt_out(host: str) -> None:
+    with pytest.raises(ValidationError, match="--allow-unauthenticated"):
+        parse(["--host", host])
+    assert parse(["--host", host, "--allow-unauthenticated"]).allow_unauthenticated
+    assert parse(["--host", host, "--api-key", "k"]).api_key is not None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_serve_without_a_key(host: str) -> None:
+    assert parse(["--host", host]).host == host

@@ -207,3 +207,40 @@ def test_an_error_quoting_a_lone_surrogate_can_still_be_written() -> None:
     body = orjson.loads(orjson.dumps(error_body(422, "key '\ud800' is unknown", param="\ud800")))
     assert body["error"]["message"] == "key '\\ud800' is unknown"
     assert body["error"]["param"] == "\\ud800"
+
+
+async def test_the_key_is_checked_before_the_body_is_parsed(model_args: list[str]) -> None:
+    bodies = [b'{"input": "unterminated', b"\xff\xfe not utf-8", b"", b'{"input": "fine"}']
+    async with running_app(model_args, api_key="s3cret") as (_, client):
+        for body in bodies:
+            for authorization in (None, "Bearer nope", "Bearer ", "Basic s3cret"):
+                headers = {"content-type": "application/json"}
+                if authorization is not None:
+                    headers["authorization"] = authorization
+                for route in ("/v1/classify", "/v1/embeddings", "/v1/answer", "/predict", "/embed"):
+                    response = await client.post(route, content=body, headers=headers)
+                    assert response.status_code == 401, (route, body, authorization, response.text)
+                    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    ("docs_access", "api_key", "without_key", "with_key"),
+    [
+        ("protected", "s3cret", 401, 200),
+        ("protected", None, 200, 200),
+        ("open", "s3cret", 200, 200),
+        ("off", "s3cret", 404, 404),
+        ("off", None, 404, 404),
+    ],
+)
+async def test_the_api_documents_follow_docs_access(
+    model_args: list[str], docs_access: str, api_key: str | None, without_key: int, with_key: int
+) -> None:
+    async with running_app(model_args, api_key=api_key, docs_access=docs_access) as (_, client):
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert (await client.get(path)).status_code == without_key, path
+            keyed = await client.get(path, headers={"Authorization": "Bearer s3cret"})
+            assert keyed.status_code == with_key, path
+        if with_key == 200:
+            document = (await client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"})).json()
+            assert "/v1/classify" in document["paths"] and "/openapi.json" not in document["paths"]
