@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from models.bundle import MANIFEST_NAME, read_manifest
+from models.bundle import MANIFEST_NAME, load_manifest
 from models.errors import DistilserveError
 from models.export.default_model import DEFAULT_BUNDLE_NAME, default_bundle_dir, ensure_default_bundle
 from server.app import build_app
@@ -39,9 +39,10 @@ def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
 def run(settings: ServerSettings) -> int:
     try:
         specs = settings.model_specs or default_model_specs(settings)
-        # Fail before binding the port, with the file and the problem, rather than in the lifespan.
+        # Fail before binding the port, with the file and the problem, rather than in the lifespan
+        # (a traceback and exit 3): the manifest, every listed file inside the folder, and hashes.
         for spec in specs:
-            read_manifest(spec.bundle_dir)
+            load_manifest(spec.bundle_dir)
     except DistilserveError as exc:
         logger.error("cannot start: %s", exc)
         return 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from distilserve.cli import COMMANDS, add_settings_arguments, main
+from models.bundle import MODEL_NAME
+from server.main import run
 from server.settings import ModelSpec, ServerSettings
 
 
@@ -103,3 +107,21 @@ def test_a_host_reachable_from_elsewhere_needs_a_key_or_an_explicit_opt_out(host
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
 def test_loopback_hosts_serve_without_a_key(host: str) -> None:
     assert parse(["--host", host]).host == host
+
+
+def test_a_corrupted_bundle_is_refused_before_binding_with_one_line(
+    tiny_bundles: dict[tuple[str, str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = Path(shutil.copytree(tiny_bundles[("bert", "text-classification")], tmp_path / "bundle"))
+    model = bundle / MODEL_NAME
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    settings = ServerSettings(model=[f"broken={bundle}"], port=0, warmup=False)
+    with caplog.at_level(logging.ERROR):
+        assert run(settings) == 2
+    (record,) = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert record.getMessage() == f"cannot start: {model}: sha256 does not match the manifest: " + (
+        "the file is corrupted or was changed"
+    )
+    assert record.exc_info is None
