@@ -67,10 +67,11 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
+        400: "the model serves another task (wrong_task), or several fit and none is named (model_required)",
         401: "missing or wrong API key",
         404: "unknown model",
         413: "too many items, or an item too large",
-        422: "invalid input: wrong types, empty text, too long with truncation off",
+        422: "invalid input: malformed JSON or UTF-8, wrong types, empty text, too long with truncation off",
         429: "queue full; retry after the Retry-After header",
         503: "not ready, or shutting down",
         504: "deadline (X-Request-Timeout) exceeded",

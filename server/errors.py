@@ -124,6 +124,22 @@ def _describe_validation_error(error: RequestValidationError) -> tuple[str, str 
     return message, param or None
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """What was wrong with a body FastAPI could not parse, or None for any other HTTP error.
+
+    FastAPI answers a JSON syntax error with a validation error (422 here), but bytes that are
+    not UTF-8, or JSON nested deeper than the parser's recursion limit, with a bare 400 "There was
+    an error parsing the body". Both are malformed JSON too, so they get its status and code."""
+    cause = exc.__cause__
+    if exc.status_code != 400:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid JSON: it is not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "request body is not valid JSON: it is nested too deeply"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> OrjsonResponse:
@@ -141,6 +157,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+        unparsable = _unparsable_body(exc)
+        if unparsable is not None:
+            return error_response(422, unparsable, code="invalid_request")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, str(exc.detail), code=None, headers=headers)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from server.common_protocol import Text, TextOrTexts, Usage
 
@@ -29,7 +29,7 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 bytes, what the openai client asks for by default"
     )
-    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions (renormalised)")
+    dimensions: StrictInt | None = Field(None, ge=1, description="keep the first N dimensions (renormalised)")
     user: Text | None = None
 
     _no_token_ids = field_validator("input", mode="before")(_reject_token_ids)
@@ -56,9 +56,9 @@ class EmbedRequest(BaseModel):
     )
 
     inputs: TextOrTexts
-    normalize: bool = True
-    truncate: bool = False
-    dimensions: int | None = Field(None, ge=1)
+    normalize: StrictBool = True
+    truncate: StrictBool = False
+    dimensions: StrictInt | None = Field(None, ge=1)
     model: Text | None = None
 
     _no_token_ids = field_validator("inputs", mode="before")(_reject_token_ids)
