@@ -100,6 +100,10 @@ def build_app(
         # Nobody is listening; 499 (nginx's "client closed request") only shows in logs and metrics.
         return Response(status_code=499)
 
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from models.bundle import MANIFEST_NAME, load_manifest
 from models.errors import DistilserveError
 from models.export.default_model import DEFAULT_BUNDLE_NAME, default_bundle_dir, ensure_default_bundle
 from server.app import build_app
+from server.http_protocol import guarded_protocol
 from server.settings import ModelSpec, ServerSettings
 
 __all__ = ["ServerSettings", "default_model_specs", "run"]
@@ -36,6 +38,24 @@ def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
     return specs
 
 
+def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None = None) -> uvicorn.Config:
+    """uvicorn (uvloop, httptools) with the connection guards of ``server.http_protocol``."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        loop="uvloop",
+        http=guarded_protocol(
+            header_timeout_s=settings.header_read_timeout_s, max_connections=settings.max_connections
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        log_config=None,  # keep the structured logging the CLI configured
+        access_log=False,  # RequestMetricsMiddleware logs requests, when asked to
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        lifespan="on",
+    )
+
+
 def run(settings: ServerSettings) -> int:
     try:
         specs = settings.model_specs or default_model_specs(settings)
@@ -50,17 +70,7 @@ def run(settings: ServerSettings) -> int:
         logger.error("no model to serve: pass --model NAME=BUNDLE_DIR (or allow --build-default)")
         return 2
     app = build_app(settings, specs)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,  # keep the structured logging the CLI configured
-        access_log=False,  # RequestMetricsMiddleware logs requests, when asked to
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        lifespan="on",
-    )
+    config = uvicorn_config(app, settings)
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM and SIGINT: stop accepting, finish admitted requests, then run the
     # lifespan's shutdown (which stops the batchers).

@@ -122,6 +122,40 @@ class ServerSettings(BaseSettings):
         100_000, ge=1, description="most characters in one text (a QA context counts as one item)"
     )
 
+    # Connections.
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "a connection's request line and headers must arrive within this many seconds of it "
+            "opening (or of a keep-alive request's first byte); otherwise 408 and close"
+        ),
+    )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "a request's whole body must arrive within this many seconds of its headers; otherwise 408"
+        ),
+    )
+    keep_alive_timeout_s: int = Field(
+        75,
+        ge=1,
+        description=(
+            "seconds an idle keep-alive connection stays open; keep it above the idle timeout of a "
+            "load balancer in front (60 s on AWS ALB), so the balancer closes first"
+        ),
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "open connections beyond which a request is answered 503 at once and its connection "
+            "closed (/health/live excepted); keep it below the descriptor limit (ulimit -n) and above "
+            "--max-queue-requests"
+        ),
+    )
+
     # Security.
     api_key: SecretStr | None = Field(
         None,
