@@ -17,7 +17,7 @@ from server.classify.api_router import router as classify_router
 from server.embed.api_router import router as embed_router
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
-from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from server.qa.api_router import router as qa_router
 from server.registry import ModelRegistry
 from server.service.api_router import docs_router, health_router, info_router, metrics_router
@@ -106,4 +106,5 @@ def build_app(
         read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(ArrivalMiddleware)  # outermost: added last
     return app

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
+from server import clock
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class DynamicBatcher:
         return self._queued_tokens
 
     async def run_rows(self, rows: Sequence[EncodedRow], deadline: float) -> list[Any]:
-        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``time.monotonic()``.
+        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``clock.now()``.
 
         Raises QueueFullError (nothing queued), DeadlineExceededError, BatcherClosedError or
         InferenceFailedError. If the calling task is cancelled (the client left), the rows that
@@ -183,7 +184,7 @@ class DynamicBatcher:
         self._update_depth()
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(job.future, timeout=max(deadline - time.monotonic(), 0.0))
+            return await asyncio.wait_for(job.future, timeout=max(deadline - clock.now(), 0.0))
         except TimeoutError:
             self._abandon(job)
             raise DeadlineExceededError(
@@ -228,7 +229,7 @@ class DynamicBatcher:
         return max(self.policy.max_wait_ms / 1000.0 - waited, 0.0)
 
     def _drop_dead_rows(self) -> None:
-        now = time.monotonic()
+        now = clock.now()
         kept: list[QueuedRow] = []
         dropped = 0
         for queued in self._queue:

@@ -1,5 +1,8 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and breaks disconnect detection).
 
+- ``ArrivalMiddleware``, the outermost, notes when a request arrived: its deadline starts there,
+  not when its handler runs after the body was read and parsed.
+
 - ``BodyLimitMiddleware`` answers 413 for bodies over the limit, by Content-Length or while
   streaming, and 408 for a body that does not arrive within its read timeout, before any of it
   is parsed.
@@ -16,10 +19,24 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import clock
 from server.errors import error_body
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger("distilserve.access")
+
+# The key, in the request's state (``scope["state"]``), of its arrival time on ``clock.now()``.
+ARRIVED_AT = "arrived_at"
+
+
+class ArrivalMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[ARRIVED_AT] = clock.now()
+        await self.app(scope, receive, send)
 
 
 async def _send_error(send: Send, status: int, message: str, code: str) -> None:

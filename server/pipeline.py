@@ -85,6 +85,9 @@ class InferencePipeline:
         loop = asyncio.get_running_loop()
         runtime = served.runtime
         context.model = served.name
+        # The deadline counts from arrival and is checked at each hand-off: reading and parsing the
+        # body, the CPU pool's queue and post-processing can all outlast it, not only the batch.
+        self._check_deadline(context, "before tokenization")
         with served.batcher.incoming():
             started = time.perf_counter()
             try:
@@ -95,6 +98,7 @@ class InferencePipeline:
                 self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
         rows = [row for item in prepared for row in item.rows]
         context.tokens = sum(item.num_tokens for item in prepared)
+        self._check_deadline(context, "before its rows were queued")
         try:
             outputs = await served.batcher.run_rows(rows, context.deadline)
         except QueueFullError as exc:
@@ -118,6 +122,7 @@ class InferencePipeline:
             results = await loop.run_in_executor(
                 self.cpu_pool, _finish_all, runtime, prepared, per_item, params
             )
+        self._check_deadline(context, "during post-processing")
         return ItemResults(results=results, tokens=context.tokens)
 
     async def run_texts(
@@ -134,6 +139,13 @@ class InferencePipeline:
         self.check_items(texts, param)
         served = self.registry.resolve(model, task)
         return served, await self.run_items(served, texts, params, context, param=param)
+
+    def _check_deadline(self, context: RequestContext, stage: str) -> None:
+        try:
+            context.check_deadline(stage)
+        except ApiError:
+            self.metrics.timed_out.labels(context.model).inc()
+            raise
 
     def close(self) -> None:
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)

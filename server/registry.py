@@ -12,6 +12,7 @@ from typing import Any
 from models import ModelRuntime, SessionOptions, load_model
 from models.bundle import Task
 from models.tasks import QAInput
+from server import clock
 from server.batching import BatchPolicy, DynamicBatcher
 from server.errors import ApiError
 from server.metrics import ServerMetrics
@@ -85,7 +86,7 @@ class ModelRegistry:
         if served.task == "question-answering":
             item = QAInput(question="What is this?", context=WARMUP_TEXT)
         prepared = served.runtime.prepare(item)
-        await served.batcher.run_rows(prepared.rows, deadline=time.monotonic() + 60.0)
+        await served.batcher.run_rows(prepared.rows, deadline=clock.now() + 60.0)
 
     async def stop(self) -> None:
         self.ready = False

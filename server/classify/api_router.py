@@ -8,10 +8,10 @@ from server.admission import with_cancellation
 from server.classify.protocol import ClassifyRequest, ClassifyResponse, LabelScoreOut, PredictRequest
 from server.common_protocol import ERROR_RESPONSES
 from server.responses import OrjsonResponse
-from server.routing import KeyedRoute
+from server.routing import InferenceRoute
 from server.services import ContextDep, ServicesDep
 
-router = APIRouter(tags=["classification"], route_class=KeyedRoute, responses=ERROR_RESPONSES)
+router = APIRouter(tags=["classification"], route_class=InferenceRoute, responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, summary="Classify one text or a batch")

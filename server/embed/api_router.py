@@ -8,10 +8,10 @@ from server.admission import with_cancellation
 from server.common_protocol import ERROR_RESPONSES
 from server.embed.protocol import EmbeddingRequest, EmbeddingResponse, EmbedRequest
 from server.responses import OrjsonResponse
-from server.routing import KeyedRoute
+from server.routing import InferenceRoute
 from server.services import ContextDep, ServicesDep
 
-router = APIRouter(tags=["embeddings"], route_class=KeyedRoute, responses=ERROR_RESPONSES)
+router = APIRouter(tags=["embeddings"], route_class=InferenceRoute, responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Embed texts (OpenAI shape)")
