@@ -119,6 +119,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{model}")
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False
+        self._running: list[QueuedRow] = []  # the batch on the inference thread now
 
     # Lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +143,16 @@ class DynamicBatcher:
                 queued.job.future.set_exception(BatcherClosedError("server is shutting down"))
         self._queue.clear()
         self._executor.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Answer every admitted job now with BatcherClosedError (the server's 503 shutting_down),
+        queued or in the running batch, and take no more: shutdown's grace period is ending, and
+        a request uvicorn cancels answers 500. The running batch finishes on its thread, unread."""
+        self._closing = True
+        self._wakeup.set()
+        for queued in [*self._queue, *self._running]:
+            if not queued.job.finished:
+                queued.job.future.set_exception(BatcherClosedError("server is shutting down"))
 
     # Submission ------------------------------------------------------------------------------
 
@@ -282,6 +293,7 @@ class DynamicBatcher:
         self._metrics.padding_ratio.labels(self.model).observe(1.0 - sum(lengths) / padded)
         rows = [queued.row for queued in batch]
         started = time.perf_counter()
+        self._running = batch
         try:
             outputs = await loop.run_in_executor(self._executor, self.forward, rows)
         except Exception as exc:
@@ -291,6 +303,7 @@ class DynamicBatcher:
                     queued.job.future.set_exception(InferenceFailedError(f"inference failed: {exc}"))
             return
         finally:
+            self._running = []
             self._metrics.inference.labels(self.model).observe(time.perf_counter() - started)
         for queued, output in zip(batch, outputs, strict=True):
             job = queued.job

@@ -193,8 +193,21 @@ class ServerSettings(BaseSettings):
 
     # Process.
     warmup: bool = Field(True, description="run one batch per model before reporting ready")
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "on SIGTERM, seconds to keep serving while /health/ready answers 503, so a load balancer "
+            "stops sending before the listener closes (a second signal ends it early)"
+        ),
+    )
     graceful_shutdown_s: float = Field(
-        30.0, ge=0, description="on SIGTERM, how long admitted requests may take to finish"
+        30.0,
+        ge=0,
+        description=(
+            "after the drain, how long admitted requests may take to finish; what is still running "
+            "then is answered 503 shutting_down"
+        ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="log format")

@@ -31,10 +31,13 @@ async def live() -> OrjsonResponse:
     "/health/ready",
     response_model=Health,
     summary="Readiness: every model loaded and warmed up",
-    responses={503: {"model": Health, "description": "still loading"}},
+    responses={503: {"model": Health, "description": "still loading, or draining before shutdown"}},
 )
 async def ready(services: ServicesDep) -> OrjsonResponse:
-    is_ready = services.registry.ready
+    registry = services.registry
+    if registry.draining:
+        return OrjsonResponse(Health(status="draining"), status_code=503)
+    is_ready = registry.ready
     return OrjsonResponse(
         Health(status="ok" if is_ready else "loading"), status_code=200 if is_ready else 503
     )

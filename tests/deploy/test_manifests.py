@@ -183,10 +183,13 @@ def test_deployment_probes_resources_threads_and_security() -> None:
         assert name.startswith("DISTILSERVE_") and name.removeprefix("DISTILSERVE_").lower() in (
             ServerSettings.model_fields
         ), name
-    # Draining: preStop sleep, then up to DISTILSERVE_GRACEFUL_SHUTDOWN_S, all within the grace period.
+    # Shutdown: preStop sleep, the drain (not ready, still serving), then up to
+    # DISTILSERVE_GRACEFUL_SHUTDOWN_S for admitted requests, all within the grace period.
     pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    drain = float(env["DISTILSERVE_GRACEFUL_SHUTDOWN_S"]["value"])
+    drain = float(env["DISTILSERVE_DRAIN_S"]["value"]) + float(
+        env["DISTILSERVE_GRACEFUL_SHUTDOWN_S"]["value"]
+    )
     assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     security = main["securityContext"]

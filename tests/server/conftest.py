@@ -13,12 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from models.batching import EncodedRow
 from server.app import build_app
-from server.main import uvicorn_config
+from server.main import uvicorn_server
 from server.services import Services
 from server.settings import ServerSettings
 from tests.tiny_models import Arch, TinyTask
@@ -167,7 +166,7 @@ class LiveServer:
         # As `distilserve serve` configures it (connection guards included), on a free loopback port.
         settings = state_of(app).settings
         assert settings.host == "127.0.0.1", "live test servers listen on loopback only"
-        self.server = uvicorn.Server(uvicorn_config(app, settings, port=self.port))
+        self.server = uvicorn_server(app, settings, port=self.port)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
