@@ -185,7 +185,13 @@ class ServerSettings(BaseSettings):
         0, ge=0, description="ONNX Runtime threads per model batch (0: one per core this process may use)"
     )
     cpu_threads: int = Field(
-        2, ge=1, le=64, description="threads that tokenize and post-process requests off the event loop"
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "threads per model that tokenize and post-process its requests off the event loop; each "
+            "model has its own, so one model's large requests never delay another's"
+        ),
     )
     allow_spinning: bool = Field(
         True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"

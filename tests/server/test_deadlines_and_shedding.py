@@ -1,5 +1,5 @@
 """Deadlines count from arrival and are checked at every hand-off; overload is refused before the
-body is read.
+body is read; one model's backlog does not hold up another's.
 
 Time moves on a movable clock (``server.clock.now``), never by sleeping; the order of steps
 rests on events (a held batch) and on states polled until they hold.
@@ -8,6 +8,7 @@ rests on events (a held batch) and on states polled until they hold.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,7 +17,15 @@ import pytest
 
 from models import ModelRuntime
 from server import clock
-from tests.server.conftest import hold_forward, metric, running_app, slow_forward, state_of, until
+from tests.server.conftest import (
+    WAIT_S,
+    hold_forward,
+    metric,
+    running_app,
+    slow_forward,
+    state_of,
+    until,
+)
 
 JSON = {"content-type": "application/json"}
 
@@ -135,3 +144,36 @@ async def test_overload_is_refused_before_the_body_is_read_and_admitted_work_suc
     assert live.status_code == 200
     assert [response.status_code for response in done] == [200, 200]
     assert rejected == 5 and by_route == 5
+
+
+async def test_one_models_tokenization_backlog_does_not_hold_up_another_model(
+    model_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    entered: list[str] = []
+    real_prepare = ModelRuntime.prepare
+
+    async with running_app(model_args, cpu_threads=2) as (app, client):
+        encoder = state_of(app).registry.models["encoder"].runtime
+
+        def prepare(self: ModelRuntime, *args: Any) -> Any:
+            if self is encoder:  # the embedding model's tokenization takes as long as the test says
+                entered.append("encoder")
+                if not gate.wait(WAIT_S):
+                    raise RuntimeError("the test never opened the gate")
+            return real_prepare(self, *args)
+
+        monkeypatch.setattr(ModelRuntime, "prepare", prepare)
+        held = [
+            asyncio.ensure_future(client.post("/v1/embeddings", json={"input": f"a large text {index}"}))
+            for index in range(2)  # as many as the embedding model has CPU threads: its lane is full
+        ]
+        try:
+            await until(lambda: len(entered) == 2, "both embedding requests tokenizing")
+            # With one shared pool both threads are taken and this waits for the gate: WAIT_S fails it.
+            classified = await asyncio.wait_for(client.post("/v1/classify", json={"input": "quick"}), WAIT_S)
+            assert classified.status_code == 200 and not any(request.done() for request in held)
+        finally:
+            gate.set()
+        embedded = await asyncio.gather(*held)
+    assert [response.status_code for response in embedded] == [200, 200]
