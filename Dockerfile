@@ -7,7 +7,11 @@
 #            no torch, no transformers. The bundles are copied in from the export stage.
 #
 #   docker build -t distilserve .
-#   docker run --rm -p 8080:8080 distilserve
+#   docker run --rm -p 8080:8080 -e DISTILSERVE_API_KEY=your-key distilserve
+#
+# The image listens on 0.0.0.0, so it starts only with an API key (DISTILSERVE_API_KEY) or an
+# explicit DISTILSERVE_ALLOW_UNAUTHENTICATED=true: who can reach the port is the operator's
+# decision, and an image that serves open by default would make it silently.
 #
 # Your own bundle, mounted (no rebuild):
 #   docker run --rm -p 8080:8080 -v "$PWD/bundles/my-model:/models/my-model:ro" \

@@ -143,11 +143,25 @@ def read_manifest(bundle_dir: Path | str) -> Manifest:
             f"{FORMAT_VERSION}: re-export the model with this release",
         )
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise BundleError(manifest_path, f"invalid manifest field {where!r}: {first['msg']}") from exc
+    for name in (MANIFEST_NAME, *manifest.files):
+        _check_inside(bundle_dir, name)
+    return manifest
+
+
+def _check_inside(bundle_dir: Path, name: str) -> None:
+    """A bundle is one folder: a listed name that climbs out of it ('../x', an absolute path) or a
+    link that points out of it would load a file the bundle does not hold, hashes or not."""
+    root = bundle_dir.resolve()
+    path = bundle_dir / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(root):
+        raise BundleError(
+            path, "lies outside the bundle folder (a '..' or absolute name, or a link out of it)"
+        )
 
 
 def load_manifest(bundle_dir: Path | str, *, verify_hashes: bool = True) -> Manifest:

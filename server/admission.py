@@ -1,10 +1,12 @@
 """What happens around a request's work on the HTTP side: admission, deadline, disconnects.
 
-- ``Admission`` counts requests in flight and refuses one over ``max_queue_requests`` with 429,
-  and turns ``X-Request-Timeout`` (or the default) into the request's deadline.
+- ``Admission`` counts requests in flight and refuses one over ``max_queue_requests`` with 429
+  (``server.routing.InferenceRoute`` asks it before the body is read, so a refusal is cheap),
+  and turns ``X-Request-Timeout`` (or the default) into the request's deadline, counted from
+  the request's arrival (``server.middleware.ArrivalMiddleware``).
 - ``with_cancellation`` wraps a route handler, as vLLM's decorator of that name does: the
-  handler runs admitted, beside a watch on the connection; if the client leaves first, the
-  handler is cancelled, so its queued rows are dropped before they are computed.
+  handler runs beside a watch on the connection; if the client leaves first, the handler is
+  cancelled, so its queued rows are dropped before they are computed.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import asyncio
 import contextlib
 import functools
 import math
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from fastapi import Request
 
+from server import clock
 from server.errors import ApiError
 from server.metrics import ServerMetrics
+from server.middleware import ARRIVED_AT
 from server.settings import ServerSettings
 
 P = ParamSpec("P")
@@ -39,9 +42,15 @@ class ClientDisconnectedError(Exception):
 class RequestContext:
     """What one HTTP request carries through the serving layer (the access log reads it too)."""
 
-    deadline: float  # on time.monotonic()
+    deadline: float  # on clock.now()
     model: str = ""
     tokens: int = 0
+
+    def check_deadline(self, stage: str) -> None:
+        """At a hand-off (before tokenization, before queueing, after post-processing): 504 once
+        the deadline has passed, so no work starts, and no answer leaves, after it."""
+        if clock.now() >= self.deadline:
+            raise ApiError(504, f"request deadline exceeded {stage}", code="deadline_exceeded")
 
 
 class Admission:
@@ -74,7 +83,8 @@ class Admission:
             self.metrics.inflight_requests.set(self.inflight)
 
     def context_for(self, request: Request) -> RequestContext:
-        """A context whose deadline is now plus the X-Request-Timeout header (seconds) or the default."""
+        """A context whose deadline is the request's arrival plus X-Request-Timeout (seconds) or the
+        default. The arrival is ``ArrivalMiddleware``'s note (now, for an app built without it)."""
         timeout = self.default_timeout_s
         header = request.headers.get(TIMEOUT_HEADER)
         if header is not None:
@@ -90,7 +100,8 @@ class Admission:
                     param="X-Request-Timeout",
                 )
             timeout = min(timeout, self.max_timeout_s)
-        return RequestContext(deadline=time.monotonic() + timeout)
+        arrived = request.scope.get("state", {}).get(ARRIVED_AT)
+        return RequestContext(deadline=(clock.now() if arrived is None else arrived) + timeout)
 
 
 @runtime_checkable
@@ -115,7 +126,7 @@ def _argument(kwargs: dict[str, object], name: str, kind: type[T]) -> T:
 
 
 def with_cancellation(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Run a route admitted, under its deadline, and cancel it when the client disconnects.
+    """Run a route under its deadline, and cancel it when the client disconnects.
 
     The route takes ``request: Request``, ``services`` (anything with an ``admission``) and
     ``context: RequestContext`` among its parameters; FastAPI passes them by keyword. The
@@ -127,22 +138,21 @@ def with_cancellation(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
         request = _argument(kwargs, "request", Request)
         admission = _argument(kwargs, "services", HasAdmission).admission  # type: ignore[type-abstract]
         context = _argument(kwargs, "context", RequestContext)
-        with admission.admit():
-            work = asyncio.ensure_future(handler(*args, **kwargs))
-            watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-            try:
-                await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                work.cancel()
-                watcher.cancel()
-                raise
-            if work.done():
-                watcher.cancel()
-                return work.result()
+        work = asyncio.ensure_future(handler(*args, **kwargs))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
             work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
-            admission.metrics.cancelled.labels(context.model).inc()
-            raise ClientDisconnectedError(request.url.path)
+            watcher.cancel()
+            raise
+        if work.done():
+            watcher.cancel()
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        admission.metrics.cancelled.labels(context.model).inc()
+        raise ClientDisconnectedError(request.url.path)
 
     return guarded

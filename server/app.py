@@ -17,10 +17,10 @@ from server.classify.api_router import router as classify_router
 from server.embed.api_router import router as embed_router
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
-from server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from server.qa.api_router import router as qa_router
 from server.registry import ModelRegistry
-from server.service.api_router import health_router, info_router, metrics_router
+from server.service.api_router import docs_router, health_router, info_router, metrics_router
 from server.service.serving import package_version
 from server.services import Services
 from server.settings import ModelSpec, ServerSettings
@@ -76,15 +76,23 @@ def build_app(
             services.pipeline.close()
             logger.info("server stopped")
 
+    # FastAPI's own documents are open; behind the key, or off, they are ours or none.
+    keyed_docs = settings.docs_access == "protected" and settings.api_key is not None
+    own_docs = settings.docs_access == "open" or (settings.docs_access == "protected" and not keyed_docs)
     app = FastAPI(
         title="distilserve",
         summary="Low-latency inference for distilled transformer models: classification, QA, embeddings.",
         version=package_version("distilserve"),
         lifespan=lifespan,
+        openapi_url="/openapi.json" if own_docs else None,
+        docs_url="/docs" if own_docs else None,
+        redoc_url="/redoc" if own_docs else None,
     )
     app.state.services = services
     for router in routers:
         app.include_router(router)
+    if keyed_docs:
+        app.include_router(docs_router)
     install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnectedError)
@@ -92,6 +100,11 @@ def build_app(
         # Nobody is listening; 499 (nginx's "client closed request") only shows in logs and metrics.
         return Response(status_code=499)
 
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(ArrivalMiddleware)  # outermost: added last
     return app

@@ -28,10 +28,6 @@ def check_api_key(request: Request, api_key: SecretStr | None) -> None:
         )
 
 
-async def require_api_key(request: Request, services: ServicesDep) -> None:
-    check_api_key(request, services.settings.api_key)
-
-
 async def require_api_key_for_metrics(request: Request, services: ServicesDep) -> None:
     if services.settings.protect_metrics:
         check_api_key(request, services.settings.api_key)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
+from server import clock
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{model}")
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False
+        self._running: list[QueuedRow] = []  # the batch on the inference thread now
 
     # Lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +144,16 @@ class DynamicBatcher:
         self._queue.clear()
         self._executor.shutdown(wait=True)
 
+    def abort(self) -> None:
+        """Answer every admitted job now with BatcherClosedError (the server's 503 shutting_down),
+        queued or in the running batch, and take no more: shutdown's grace period is ending, and
+        a request uvicorn cancels answers 500. The running batch finishes on its thread, unread."""
+        self._closing = True
+        self._wakeup.set()
+        for queued in [*self._queue, *self._running]:
+            if not queued.job.finished:
+                queued.job.future.set_exception(BatcherClosedError("server is shutting down"))
+
     # Submission ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -163,7 +175,7 @@ class DynamicBatcher:
         return self._queued_tokens
 
     async def run_rows(self, rows: Sequence[EncodedRow], deadline: float) -> list[Any]:
-        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``time.monotonic()``.
+        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``clock.now()``.
 
         Raises QueueFullError (nothing queued), DeadlineExceededError, BatcherClosedError or
         InferenceFailedError. If the calling task is cancelled (the client left), the rows that
@@ -183,7 +195,7 @@ class DynamicBatcher:
         self._update_depth()
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(job.future, timeout=max(deadline - time.monotonic(), 0.0))
+            return await asyncio.wait_for(job.future, timeout=max(deadline - clock.now(), 0.0))
         except TimeoutError:
             self._abandon(job)
             raise DeadlineExceededError(
@@ -228,7 +240,7 @@ class DynamicBatcher:
         return max(self.policy.max_wait_ms / 1000.0 - waited, 0.0)
 
     def _drop_dead_rows(self) -> None:
-        now = time.monotonic()
+        now = clock.now()
         kept: list[QueuedRow] = []
         dropped = 0
         for queued in self._queue:
@@ -281,6 +293,7 @@ class DynamicBatcher:
         self._metrics.padding_ratio.labels(self.model).observe(1.0 - sum(lengths) / padded)
         rows = [queued.row for queued in batch]
         started = time.perf_counter()
+        self._running = batch
         try:
             outputs = await loop.run_in_executor(self._executor, self.forward, rows)
         except Exception as exc:
@@ -290,6 +303,7 @@ class DynamicBatcher:
                     queued.job.future.set_exception(InferenceFailedError(f"inference failed: {exc}"))
             return
         finally:
+            self._running = []
             self._metrics.inference.labels(self.model).observe(time.perf_counter() - started)
         for queued, output in zip(batch, outputs, strict=True):
             job = queued.job

@@ -26,6 +26,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -55,12 +56,21 @@ class ApiError(Exception):
         super().__init__(message)
 
 
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates escaped: an error may quote what the client sent (a JSON key,
+    a model name), and orjson cannot write a string that is not valid UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
     """The body of an error answer, in the one shape ``ErrorResponse`` defines."""
     detail = ErrorDetail(
-        message=message, type=ERROR_TYPES.get(status, "server_error"), code=code, param=param
+        message=_encodable(message),
+        type=ERROR_TYPES.get(status, "server_error"),
+        code=code,
+        param=None if param is None else _encodable(param),
     )
     return ErrorResponse(error=detail).model_dump()
 
@@ -115,6 +125,22 @@ def _describe_validation_error(error: RequestValidationError) -> tuple[str, str 
     return message, param or None
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """What was wrong with a body FastAPI could not parse, or None for any other HTTP error.
+
+    FastAPI answers a JSON syntax error with a validation error (422 here), but bytes that are
+    not UTF-8, or JSON nested deeper than the parser's recursion limit, with a bare 400 "There was
+    an error parsing the body". Both are malformed JSON too, so they get its status and code."""
+    cause = exc.__cause__
+    if exc.status_code != 400:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid JSON: it is not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "request body is not valid JSON: it is nested too deeply"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> OrjsonResponse:
@@ -132,6 +158,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+        unparsable = _unparsable_body(exc)
+        if unparsable is not None:
+            return error_response(422, unparsable, code="invalid_request")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, str(exc.detail), code=None, headers=headers)
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import socket
+import time
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from models.bundle import MANIFEST_NAME, read_manifest
+from models.bundle import MANIFEST_NAME, load_manifest
 from models.errors import DistilserveError
 from models.export.default_model import DEFAULT_BUNDLE_NAME, default_bundle_dir, ensure_default_bundle
 from server.app import build_app
+from server.http_protocol import guarded_protocol
+from server.registry import ModelRegistry
+from server.services import Services
 from server.settings import ModelSpec, ServerSettings
 
 __all__ = ["ServerSettings", "default_model_specs", "run"]
@@ -36,12 +46,83 @@ def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
     return specs
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain before shutdown, and a 503 for what outlasts the grace.
+
+    On the first SIGTERM it reports not ready (``/health/ready``: 503 "draining")
+    and keeps serving for ``drain_s``, so a load balancer takes it out of rotation before its
+    listener closes; then uvicorn's shutdown runs: stop accepting, let admitted requests finish
+    for up to ``timeout_graceful_shutdown``. A second signal, or SIGINT, ends the drain at once. Shortly
+    before the grace period ends, requests still waiting for the model are answered 503
+    ``shutting_down``: uvicorn cancels what is left at the end, and a cancelled request is a 500.
+    """
+
+    def __init__(self, config: uvicorn.Config, registry: ModelRegistry, drain_s: float) -> None:
+        super().__init__(config)
+        self.registry = registry
+        self.drain_s = drain_s
+        self._drain_ends: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # SIGTERM is how orchestrators stop a server; SIGINT (Ctrl-C) is a person, who waits for nothing.
+        if sig == signal.SIGTERM and self._drain_ends is None and self.drain_s > 0 and not self.should_exit:
+            self._drain_ends = time.monotonic() + self.drain_s
+            self.registry.draining = True
+            logger.info("draining before shutdown", extra={"drain_s": self.drain_s})
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_ends is not None and time.monotonic() >= self._drain_ends:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.registry.draining = True
+        grace = self.config.timeout_graceful_shutdown
+        timer = None
+        if grace is not None:
+            # Answer first, leaving up to a second for the 503s to be written before uvicorn cancels.
+            answer_at = max(grace - min(1.0, grace / 2), 0.0)
+            timer = asyncio.get_running_loop().call_later(answer_at, self.registry.abort_admitted)
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def uvicorn_server(app: FastAPI, settings: ServerSettings, *, port: int | None = None) -> DrainingServer:
+    """The server `distilserve serve` runs: ``uvicorn_config`` with the drain and the 503s."""
+    services: Services = app.state.services
+    return DrainingServer(uvicorn_config(app, settings, port=port), services.registry, settings.drain_s)
+
+
+def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None = None) -> uvicorn.Config:
+    """uvicorn (uvloop, httptools) with the connection guards of ``server.http_protocol``."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        loop="uvloop",
+        http=guarded_protocol(
+            header_timeout_s=settings.header_read_timeout_s, max_connections=settings.max_connections
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        log_config=None,  # keep the structured logging the CLI configured
+        access_log=False,  # RequestMetricsMiddleware logs requests, when asked to
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        lifespan="on",
+    )
+
+
 def run(settings: ServerSettings) -> int:
     try:
         specs = settings.model_specs or default_model_specs(settings)
-        # Fail before binding the port, with the file and the problem, rather than in the lifespan.
+        # Fail before binding the port, with the file and the problem, rather than in the lifespan
+        # (a traceback and exit 3): the manifest, every listed file inside the folder, and hashes.
         for spec in specs:
-            read_manifest(spec.bundle_dir)
+            load_manifest(spec.bundle_dir)
     except DistilserveError as exc:
         logger.error("cannot start: %s", exc)
         return 2
@@ -49,19 +130,8 @@ def run(settings: ServerSettings) -> int:
         logger.error("no model to serve: pass --model NAME=BUNDLE_DIR (or allow --build-default)")
         return 2
     app = build_app(settings, specs)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,  # keep the structured logging the CLI configured
-        access_log=False,  # RequestMetricsMiddleware logs requests, when asked to
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGTERM and SIGINT: stop accepting, finish admitted requests, then run the
-    # lifespan's shutdown (which stops the batchers).
+    server = uvicorn_server(app, settings)
+    # SIGTERM and SIGINT: drain (not ready, still serving), stop accepting, finish admitted
+    # requests, then run the lifespan's shutdown (which stops the batchers).
     server.run()
     return 0 if server.started else 1

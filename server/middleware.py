@@ -1,12 +1,17 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and breaks disconnect detection).
 
+- ``ArrivalMiddleware``, the outermost, notes when a request arrived: its deadline starts there,
+  not when its handler runs after the body was read and parsed.
+
 - ``BodyLimitMiddleware`` answers 413 for bodies over the limit, by Content-Length or while
-  streaming, before any of it is parsed.
+  streaming, and 408 for a body that does not arrive within its read timeout, before any of it
+  is parsed.
 - ``RequestMetricsMiddleware`` counts every answer by model, route and status, and times it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -14,28 +19,51 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import clock
 from server.errors import error_body
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger("distilserve.access")
 
+# The key, in the request's state (``scope["state"]``), of its arrival time on ``clock.now()``.
+ARRIVED_AT = "arrived_at"
+
+
+class ArrivalMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[ARRIVED_AT] = clock.now()
+        await self.app(scope, receive, send)
+
 
 async def _send_error(send: Send, status: int, message: str, code: str) -> None:
+    """An error answered before the body was read: the connection is closed after it, since the
+    rest of the body (if it ever comes) would otherwise be read as the next request."""
     body = orjson.dumps(error_body(status, message, code))
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    """The body's size (413) and the time it may take to arrive (408), before any of it is parsed."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, read_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,12 +82,25 @@ class BodyLimitMiddleware:
                     return
         received = 0
         rejected = False
+        body_complete = False
+        loop = asyncio.get_running_loop()
+        read_by = loop.time() + self.read_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received, rejected
-            message = await receive()
+            nonlocal received, rejected, body_complete
+            if body_complete:
+                # Only the disconnect is left to wait for, and that may take as long as the work.
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(read_by - loop.time(), 0.0))
+            except TimeoutError:
+                rejected = True
+                timeout_text = f"request body did not arrive within {self.read_timeout_s:g} s"
+                await _send_error(send, 408, timeout_text, "body_timeout")
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_complete = not message.get("more_body", False)
                 if received > limit and not rejected:
                     rejected = True
                     await _send_error(send, 413, message_text, "body_too_large")

@@ -2,9 +2,10 @@
 
 A task's ``serving.py`` turns its protocol request into model items and parameters and calls
 ``InferencePipeline.run_texts`` (or, for QA pairs, ``run_items``). Tokenization and
-post-processing run on a thread pool, never on the event loop; rows go to the model's dynamic
-batcher (``server.batching``). Admission, deadlines and disconnects are the HTTP side's
-(``server.admission``); this module only sees the deadline they set.
+post-processing run on the model's own thread pool (its CPU lane), never on the event loop, so
+one model's large requests queue behind each other and never in front of another model's; rows
+go to the model's dynamic batcher (``server.batching``). Admission, deadlines and disconnects
+are the HTTP side's (``server.admission``); this module only sees the deadline they set.
 """
 
 from __future__ import annotations
@@ -47,7 +48,16 @@ class InferencePipeline:
         self.max_chars_per_item = settings.max_chars_per_item
         self.registry = registry
         self.metrics = metrics
-        self.cpu_pool = ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
+        self.cpu_threads = settings.cpu_threads
+        self._lanes: dict[str, ThreadPoolExecutor] = {}
+
+    def lane(self, model: str) -> ThreadPoolExecutor:
+        """The threads that tokenize and post-process ``model``'s requests (made on first use)."""
+        pool = self._lanes.get(model)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=self.cpu_threads, thread_name_prefix=f"cpu-{model}")
+            self._lanes[model] = pool
+        return pool
 
     def check_items(self, texts: Sequence[str], param: str) -> None:
         """Items per request and characters per item, before any tokenization is spent on them."""
@@ -84,17 +94,20 @@ class InferencePipeline:
         """Tokenize off the loop, queue every row, then post-process: one result per item, in order."""
         loop = asyncio.get_running_loop()
         runtime = served.runtime
+        lane = self.lane(served.name)
         context.model = served.name
+        # The deadline counts from arrival and is checked at each hand-off: reading and parsing the
+        # body, the CPU pool's queue and post-processing can all outlast it, not only the batch.
+        self._check_deadline(context, "before tokenization")
         with served.batcher.incoming():
             started = time.perf_counter()
             try:
-                prepared = await loop.run_in_executor(
-                    self.cpu_pool, _prepare_all, runtime, items, params, param
-                )
+                prepared = await loop.run_in_executor(lane, _prepare_all, runtime, items, params, param)
             finally:
                 self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
         rows = [row for item in prepared for row in item.rows]
         context.tokens = sum(item.num_tokens for item in prepared)
+        self._check_deadline(context, "before its rows were queued")
         try:
             outputs = await served.batcher.run_rows(rows, context.deadline)
         except QueueFullError as exc:
@@ -115,9 +128,8 @@ class InferencePipeline:
             # One small item: post-processing is microseconds, cheaper than a thread hop.
             results = [runtime.finish(prepared[0], per_item[0], params)]
         else:
-            results = await loop.run_in_executor(
-                self.cpu_pool, _finish_all, runtime, prepared, per_item, params
-            )
+            results = await loop.run_in_executor(lane, _finish_all, runtime, prepared, per_item, params)
+        self._check_deadline(context, "during post-processing")
         return ItemResults(results=results, tokens=context.tokens)
 
     async def run_texts(
@@ -135,8 +147,16 @@ class InferencePipeline:
         served = self.registry.resolve(model, task)
         return served, await self.run_items(served, texts, params, context, param=param)
 
+    def _check_deadline(self, context: RequestContext, stage: str) -> None:
+        try:
+            context.check_deadline(stage)
+        except ApiError:
+            self.metrics.timed_out.labels(context.model).inc()
+            raise
+
     def close(self) -> None:
-        self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._lanes.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _prepare_all(runtime: ModelRuntime, items: Sequence[Any], params: Any, param: str) -> list[Prepared]:

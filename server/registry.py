@@ -12,6 +12,7 @@ from typing import Any
 from models import ModelRuntime, SessionOptions, load_model
 from models.bundle import Task
 from models.tasks import QAInput
+from server import clock
 from server.batching import BatchPolicy, DynamicBatcher
 from server.errors import ApiError
 from server.metrics import ServerMetrics
@@ -53,6 +54,8 @@ class ModelRegistry:
         self.warmup = warmup
         self.models: dict[str, ServedModel] = {}
         self.ready = False
+        # Set on SIGTERM: /health/ready answers 503 while requests are still served (the drain).
+        self.draining = False
 
     async def start(self) -> None:
         """Load every bundle (off the loop), start its batcher and warm it up."""
@@ -85,7 +88,12 @@ class ModelRegistry:
         if served.task == "question-answering":
             item = QAInput(question="What is this?", context=WARMUP_TEXT)
         prepared = served.runtime.prepare(item)
-        await served.batcher.run_rows(prepared.rows, deadline=time.monotonic() + 60.0)
+        await served.batcher.run_rows(prepared.rows, deadline=clock.now() + 60.0)
+
+    def abort_admitted(self) -> None:
+        """Answer every admitted request 503 shutting_down now (shutdown's grace is ending)."""
+        for served in self.models.values():
+            served.batcher.abort()
 
     async def stop(self) -> None:
         self.ready = False

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.batching import SERVER_BATCH_LIMITS
@@ -14,6 +15,16 @@ from models.batching import SERVER_BATCH_LIMITS
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
 from models.export.default_model import default_cache_dir
 from server.batching import DEFAULT_POLICY
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (a loopback address or localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[] ")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 def default_model_zoo() -> Path:
@@ -111,18 +122,76 @@ class ServerSettings(BaseSettings):
         100_000, ge=1, description="most characters in one text (a QA context counts as one item)"
     )
 
+    # Connections.
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "a connection's request line and headers must arrive within this many seconds of it "
+            "opening (or of a keep-alive request's first byte); otherwise 408 and close"
+        ),
+    )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "a request's whole body must arrive within this many seconds of its headers; otherwise 408"
+        ),
+    )
+    keep_alive_timeout_s: int = Field(
+        75,
+        ge=1,
+        description=(
+            "seconds an idle keep-alive connection stays open; keep it above the idle timeout of a "
+            "load balancer in front (60 s on AWS ALB), so the balancer closes first"
+        ),
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "open connections beyond which a request is answered 503 at once and its connection "
+            "closed (/health/live excepted); keep it below the descriptor limit (ulimit -n) and above "
+            "--max-queue-requests"
+        ),
+    )
+
     # Security.
     api_key: SecretStr | None = Field(
-        None, description="require 'Authorization: Bearer <key>' on the inference and info routes"
+        None,
+        description=(
+            "require 'Authorization: Bearer <key>' on the inference and info routes; an empty key is "
+            "refused at start-up"
+        ),
     )
     protect_metrics: bool = Field(False, description="also require the API key on /metrics")
+    allow_unauthenticated: bool = Field(
+        False,
+        description=(
+            "serve without an API key on an address other than loopback; without it (or a key), "
+            "such a --host is refused at start-up"
+        ),
+    )
+    docs_access: Literal["protected", "open", "off"] = Field(
+        "protected",
+        description=(
+            "/docs, /redoc and /openapi.json: protected (behind the API key when one is set, open "
+            "otherwise), open (always open), off (not served)"
+        ),
+    )
 
     # Threads.
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per model batch (0: one per core this process may use)"
     )
     cpu_threads: int = Field(
-        2, ge=1, le=64, description="threads that tokenize and post-process requests off the event loop"
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "threads per model that tokenize and post-process its requests off the event loop; each "
+            "model has its own, so one model's large requests never delay another's"
+        ),
     )
     allow_spinning: bool = Field(
         True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"
@@ -130,8 +199,21 @@ class ServerSettings(BaseSettings):
 
     # Process.
     warmup: bool = Field(True, description="run one batch per model before reporting ready")
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "on SIGTERM, seconds to keep serving while /health/ready answers 503, so a load balancer "
+            "stops sending before the listener closes (a second signal ends it early)"
+        ),
+    )
     graceful_shutdown_s: float = Field(
-        30.0, ge=0, description="on SIGTERM, how long admitted requests may take to finish"
+        30.0,
+        ge=0,
+        description=(
+            "after the drain, how long admitted requests may take to finish; what is still running "
+            "then is answered 503 shutting_down"
+        ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="log format")
@@ -153,6 +235,24 @@ class ServerSettings(BaseSettings):
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
         return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would make "Authorization: Bearer " (no token) a valid credential.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("the API key must not be empty; unset it to serve without one")
+        return value
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> ServerSettings:
+        if self.api_key is None and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines and no API key is set: set "
+                "--api-key (DISTILSERVE_API_KEY), or pass --allow-unauthenticated "
+                "(DISTILSERVE_ALLOW_UNAUTHENTICATED=true) to serve it open"
+            )
+        return self
 
     @property
     def model_specs(self) -> list[ModelSpec]:

@@ -16,6 +16,10 @@ Phases run one after the other, so that only one thing uses the cores at a time:
 
 The report (JSON) holds every run, the ratios the targets are stated in, the machine, the
 commit and the command; ``--plot-dir`` also renders the two PNG plots.
+
+``--overload`` replaces all of that with the overload test of ``distilserve.bench.overload``
+(capacity, a flood without back-off, an open loop past capacity, liveness probes) on the first
+workload, distilserve only.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from distilserve.bench.baselines.torch_server import torch_server
 from distilserve.bench.client import ClientKind, HttpClient, RawHttpClient, make_client, require_loopback
 from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
 from distilserve.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
+from distilserve.bench.overload import OverloadPlan, describe, overload_runs
 from distilserve.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from distilserve.bench.workloads import (
@@ -133,6 +138,21 @@ class Settings(BaseSettings):
         True, description="also run the first workload at c=32 with the other client, to show its cost"
     )
     gemm_peak: bool = Field(True, description="measure the int8 GEMM peak (useful GOPS / peak)")
+    overload: bool = Field(
+        False,
+        description=(
+            "instead of the levels, measure overload on the first workload: capacity (closed loop at "
+            "--overload-capacity-concurrency), a flood of --overload-concurrency clients without "
+            "back-off, and an open loop at --overload-factor x capacity, with /health/live probed "
+            "on fresh connections throughout"
+        ),
+    )
+    overload_capacity_concurrency: int = Field(
+        32, ge=1, description="closed-loop clients that measure capacity"
+    )
+    overload_concurrency: int = Field(1024, ge=1, description="clients of the flood (no back-off)")
+    overload_factor: float = Field(5.0, gt=0, description="open-loop rate of the overload run, x capacity")
+    probe_interval_s: float = Field(0.25, gt=0, description="seconds between /health/live probes")
     serve_args: list[str] = Field(
         default_factory=list, description="extra arguments for `distilserve serve` (e.g. --max-wait-ms=1)"
     )
@@ -382,6 +402,34 @@ async def _sweep(
     return runs, points
 
 
+async def _overload(
+    client: HttpClient, settings: Settings, report: BenchReport, planned: Sequence[Planned], url: str
+) -> None:
+    if not planned:
+        report.notes.append("overload: not measured: no workload")
+        return
+    item = planned[0]
+    plan = OverloadPlan(
+        capacity_concurrency=settings.overload_capacity_concurrency,
+        flood_concurrency=settings.overload_concurrency,
+        factor=settings.overload_factor,
+        probe_interval_s=settings.probe_interval_s,
+    )
+    runs = await overload_runs(
+        client,
+        item.workload.requests(None, "distilserve", settings.items_per_request),
+        url,
+        plan,
+        settings.bounds,
+        target=DISTILSERVE,
+        workload=item.workload.name,
+    )
+    for run_result in runs:
+        logger.info("%s", describe(run_result))
+        report.notes.append(f"overload: {describe(run_result)}")
+    report.runs += runs
+
+
 @contextlib.contextmanager
 def _maybe_server(server: ManagedServer | None) -> Iterator[None]:
     if server is None:
@@ -408,6 +456,12 @@ def phase_distilserve(
 
     async def measure(target_url: str) -> None:
         client = make_client(settings.client, target_url)
+        if settings.overload:
+            try:
+                await _overload(client, settings, report, planned, target_url)
+            finally:
+                await client.aclose()
+            return
         try:
             for item in planned:
                 report.runs += await _levels(
@@ -553,11 +607,13 @@ def run(settings: Settings) -> int:
     except ServerStartError as exc:
         print(f"distilserve bench: {exc}", file=sys.stderr)
         return 1
-    if "ceiling" in settings.baselines:
+    # The overload test measures distilserve alone: the baselines have no admission to compare.
+    baselines = [] if settings.overload else settings.baselines
+    if "ceiling" in baselines:
         phase_ceiling(settings, report, planned, sweep)
-    if "pytorch" in settings.baselines:
+    if "pytorch" in baselines:
         phase_pytorch(settings, report, planned, sweep)
-    if "infinity" in settings.baselines:
+    if "infinity" in baselines:
         phase_infinity(settings, report, planned)
     report.finish()
     settings.output.parent.mkdir(parents=True, exist_ok=True)

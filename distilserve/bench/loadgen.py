@@ -122,6 +122,12 @@ def _summarise(
     ok = [sample for sample in samples if sample.outcome.startswith("2")]
     errors = Counter(sample.outcome for sample in samples if not sample.outcome.startswith("2"))
     duration = max(duration_s, 1e-9)
+    extra: dict[str, float] = {}
+    refused = [sample.latency_s for sample in samples if sample.outcome == "429"]
+    if refused:
+        # How fast the server says no: under overload, refusals must stay cheap.
+        summary = latency_summary(refused)
+        extra.update(refused_p50_ms=summary["p50"], refused_p99_ms=summary["p99"])
     return RunResult(
         target=target,
         workload=workload,
@@ -139,6 +145,7 @@ def _summarise(
         latency_ms=latency_summary([sample.latency_s for sample in ok]),
         client_cpu_s=cpu_s,
         client_cpu_ms_per_request=1000.0 * cpu_s / max(len(samples), 1),
+        extra=extra,
     )
 
 

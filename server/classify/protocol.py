@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from server.common_protocol import TextOrTexts, Usage
+from server.common_protocol import Text, TextOrTexts, Usage
 
 
 class ClassifyRequest(BaseModel):
@@ -15,13 +15,15 @@ class ClassifyRequest(BaseModel):
         json_schema_extra={"example": {"input": ["A gripping, beautifully shot film.", "Dull."], "top_k": 2}},
     )
 
-    model: str | None = Field(
+    model: Text | None = Field(
         None, description="model name; optional when one classification model is served"
     )
     input: TextOrTexts = Field(description="one text or a list of texts")
-    top_k: int | None = Field(1, ge=1, description="labels per text, best first; null for all")
-    raw_scores: bool = Field(False, description="return logits instead of probabilities")
-    truncate: bool = Field(True, description="cut texts longer than the model's limit instead of failing")
+    top_k: StrictInt | None = Field(1, ge=1, description="labels per text, best first; null for all")
+    raw_scores: StrictBool = Field(False, description="return logits instead of probabilities")
+    truncate: StrictBool = Field(
+        True, description="cut texts longer than the model's limit instead of failing"
+    )
 
 
 class LabelScoreOut(BaseModel):
@@ -49,7 +51,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"inputs": "I like you."}})
 
     inputs: TextOrTexts
-    raw_scores: bool = False
-    truncate: bool = False
-    top_k: int | None = Field(None, ge=1)
-    model: str | None = None
+    raw_scores: StrictBool = False
+    truncate: StrictBool = False
+    top_k: StrictInt | None = Field(None, ge=1)
+    model: Text | None = None

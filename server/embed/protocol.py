@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from server.common_protocol import TextOrTexts, Usage
+from server.common_protocol import Text, TextOrTexts, Usage
 
 
 def _reject_token_ids(value: object) -> object:
@@ -24,13 +24,13 @@ class EmbeddingRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(None, description="model name; optional when one embedding model is served")
+    model: Text | None = Field(None, description="model name; optional when one embedding model is served")
     input: TextOrTexts = Field(description="one text or a list of texts")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 bytes, what the openai client asks for by default"
     )
-    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions (renormalised)")
-    user: str | None = None
+    dimensions: StrictInt | None = Field(None, ge=1, description="keep the first N dimensions (renormalised)")
+    user: Text | None = None
 
     _no_token_ids = field_validator("input", mode="before")(_reject_token_ids)
 
@@ -56,9 +56,9 @@ class EmbedRequest(BaseModel):
     )
 
     inputs: TextOrTexts
-    normalize: bool = True
-    truncate: bool = False
-    dimensions: int | None = Field(None, ge=1)
-    model: str | None = None
+    normalize: StrictBool = True
+    truncate: StrictBool = False
+    dimensions: StrictInt | None = Field(None, ge=1)
+    model: Text | None = None
 
     _no_token_ids = field_validator("inputs", mode="before")(_reject_token_ids)

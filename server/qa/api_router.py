@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from server.admission import with_cancellation
-from server.auth import require_api_key
 from server.common_protocol import ERROR_RESPONSES
 from server.qa.protocol import AnswerOut, AnswerRequest
 from server.responses import OrjsonResponse
+from server.routing import InferenceRoute
 from server.services import ContextDep, ServicesDep
 
-router = APIRouter(
-    tags=["question answering"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES
-)
+router = APIRouter(tags=["question answering"], route_class=InferenceRoute, responses=ERROR_RESPONSES)
 
 
 @router.post(

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from server.common_protocol import Text
 
 
 class QuestionContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: StrictStr
-    context: StrictStr
+    question: Text
+    context: Text
 
 
 class AnswerParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(1, ge=1, le=100, description="answers per input, best first")
-    doc_stride: int | None = Field(
+    top_k: StrictInt = Field(1, ge=1, le=100, description="answers per input, best first")
+    doc_stride: StrictInt | None = Field(
         None,
         ge=1,
         description="overlap, in tokens, between windows of a long context (default min(128, len/2))",
     )
-    max_answer_len: int = Field(15, ge=1, le=512, description="longest answer, in tokens")
-    max_question_len: int = Field(64, ge=1, le=512, description="question tokens kept")
-    handle_impossible_answer: bool = Field(False, description="allow an empty answer when no span beats it")
-    align_to_words: bool = Field(True, description="widen answers to whole words")
+    max_answer_len: StrictInt = Field(15, ge=1, le=512, description="longest answer, in tokens")
+    max_question_len: StrictInt = Field(64, ge=1, le=512, description="question tokens kept")
+    handle_impossible_answer: StrictBool = Field(
+        False, description="allow an empty answer when no span beats it"
+    )
+    align_to_words: StrictBool = Field(True, description="widen answers to whole words")
 
 
 class AnswerRequest(BaseModel):
@@ -41,7 +45,7 @@ class AnswerRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(None, description="model name; optional when one QA model is served")
+    model: Text | None = Field(None, description="model name; optional when one QA model is served")
     inputs: QuestionContext | list[QuestionContext] = Field(description="one question and context, or a list")
     parameters: AnswerParameters = Field(default_factory=lambda: AnswerParameters())
 

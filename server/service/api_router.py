@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from server.auth import require_api_key, require_api_key_for_metrics
+from server.auth import require_api_key_for_metrics
 from server.responses import OrjsonResponse
+from server.routing import KeyedRoute
 from server.service.protocol import Health, Info, ModelList
 from server.services import ServicesDep
 
 health_router = APIRouter(tags=["service"])
-info_router = APIRouter(tags=["service"], dependencies=[Depends(require_api_key)])
+# The API's documents, when they sit behind the key (docs_access "protected" with a key set);
+# otherwise FastAPI serves its own, or none.
+docs_router = APIRouter(route_class=KeyedRoute, include_in_schema=False)
+info_router = APIRouter(tags=["service"], route_class=KeyedRoute)
 metrics_router = APIRouter(tags=["service"], dependencies=[Depends(require_api_key_for_metrics)])
 
 
@@ -25,10 +31,13 @@ async def live() -> OrjsonResponse:
     "/health/ready",
     response_model=Health,
     summary="Readiness: every model loaded and warmed up",
-    responses={503: {"model": Health, "description": "still loading"}},
+    responses={503: {"model": Health, "description": "still loading, or draining before shutdown"}},
 )
 async def ready(services: ServicesDep) -> OrjsonResponse:
-    is_ready = services.registry.ready
+    registry = services.registry
+    if registry.draining:
+        return OrjsonResponse(Health(status="draining"), status_code=503)
+    is_ready = registry.ready
     return OrjsonResponse(
         Health(status="ok" if is_ready else "loading"), status_code=200 if is_ready else 503
     )
@@ -51,3 +60,18 @@ async def info(services: ServicesDep) -> OrjsonResponse:
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@docs_router.get("/openapi.json")
+async def openapi_document(request: Request) -> OrjsonResponse:
+    return OrjsonResponse(request.app.openapi())
+
+
+@docs_router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - Swagger UI")
+
+
+@docs_router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - ReDoc")

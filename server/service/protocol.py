@@ -21,7 +21,7 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading"]
+    status: Literal["ok", "loading", "draining"]
 
 
 class ModelInfo(BaseModel):

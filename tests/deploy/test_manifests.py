@@ -183,10 +183,13 @@ def test_deployment_probes_resources_threads_and_security() -> None:
         assert name.startswith("DISTILSERVE_") and name.removeprefix("DISTILSERVE_").lower() in (
             ServerSettings.model_fields
         ), name
-    # Draining: preStop sleep, then up to DISTILSERVE_GRACEFUL_SHUTDOWN_S, all within the grace period.
+    # Shutdown: preStop sleep, the drain (not ready, still serving), then up to
+    # DISTILSERVE_GRACEFUL_SHUTDOWN_S for admitted requests, all within the grace period.
     pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    drain = float(env["DISTILSERVE_GRACEFUL_SHUTDOWN_S"]["value"])
+    drain = float(env["DISTILSERVE_DRAIN_S"]["value"]) + float(
+        env["DISTILSERVE_GRACEFUL_SHUTDOWN_S"]["value"]
+    )
     assert pod["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     security = main["securityContext"]
@@ -292,7 +295,8 @@ def test_prometheus_config_scrapes_the_compose_service() -> None:
     compose = load_all(DEPLOY / "docker-compose.yml")[0]
     port = ServerSettings.model_fields["port"].default
     assert job["static_configs"][0]["targets"] == [f"distilserve:{port}"]
-    assert f"{port}:{port}" in compose["services"]["distilserve"]["ports"]
+    # Published as HOST_IP:PORT:PORT (loopback only, see the key test below).
+    assert any(entry.endswith(f":{port}:{port}") for entry in compose["services"]["distilserve"]["ports"])
     for name in config.get("rule_files", []):
         assert (DEPLOY / "prometheus" / name).is_file()
     promtool = tool("promtool")
@@ -368,3 +372,26 @@ def test_dashboard_and_alerts_use_only_metrics_the_server_exports() -> None:
     for path in sorted(K8S.rglob("*.yaml")):
         unknown = referenced_metric_names(path.read_text()) - exported
         assert not unknown, f"{path.relative_to(REPO_ROOT)}: {unknown}"
+
+
+def _image_env() -> dict[str, str]:
+    runtime = dockerfile_stages()["runtime"]
+    env = " ".join(line for line in runtime if line.startswith("ENV "))
+    return dict(re.findall(r"(DISTILSERVE_[A-Z_]+)=(\S+)", env))
+
+
+def test_every_deployment_starts_with_a_key_or_says_it_serves_open() -> None:
+    """The image listens on 0.0.0.0, where the server refuses to start without a key unless told
+    to serve open: each way of running it must do one or the other, on purpose."""
+    image = _image_env()
+    assert image["DISTILSERVE_HOST"] == "0.0.0.0"
+    assert "DISTILSERVE_ALLOW_UNAUTHENTICATED" not in image, "the image must not decide to serve open"
+    with pytest.raises(ValueError, match="allow-unauthenticated"):
+        ServerSettings(host=image["DISTILSERVE_HOST"])
+    # Kubernetes: the key comes from a Secret that must exist.
+    key = env_of(container())["DISTILSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert not key.get("optional", False), "the API key Secret must not be optional"
+    # compose: a local demo, open, and so published on the host's loopback only.
+    service = load_all(DEPLOY / "docker-compose.yml")[0]["services"]["distilserve"]
+    assert service["environment"]["DISTILSERVE_ALLOW_UNAUTHENTICATED"] == "true"
+    assert all(port.startswith("127.0.0.1:") for port in service["ports"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from models import BundleError, load_model
-from models.bundle import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME
+from models.bundle import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, read_manifest
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import Arch, TinyTask
 
@@ -76,6 +76,42 @@ def test_damaged_bundle_gives_one_clear_error(
     assert error.path == bundle / file_name
     assert problem in error.problem
     assert str(error).startswith(f"{bundle / file_name}: ")
+
+
+def list_a_file_outside(bundle: Path) -> None:
+    outside = bundle.parent / "outside.onnx"
+    shutil.copy(bundle / MODEL_NAME, outside)
+    path = bundle / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["files"]["../outside.onnx"] = manifest["files"][MODEL_NAME]
+    path.write_text(json.dumps(manifest))
+
+
+def link_the_model_outside(bundle: Path) -> None:
+    # The link's target is the very same bytes, so the hash matches: only the place is wrong.
+    outside = bundle.parent / "outside.onnx"
+    (bundle / MODEL_NAME).rename(outside)
+    (bundle / MODEL_NAME).symlink_to(outside)
+
+
+@pytest.mark.parametrize(
+    ("damage", "file_name"), [(list_a_file_outside, "../outside.onnx"), (link_the_model_outside, MODEL_NAME)]
+)
+def test_a_bundle_cannot_reach_outside_its_folder(
+    bundle: Path, damage: Callable[[Path], None], file_name: str
+) -> None:
+    damage(bundle)
+    for load in (load_model, read_manifest):
+        with pytest.raises(BundleError, match="outside the bundle") as caught:
+            load(bundle)
+        assert caught.value.path == bundle / file_name
+
+
+def test_a_link_inside_the_bundle_is_fine(bundle: Path) -> None:
+    (bundle / "weights.onnx").write_bytes((bundle / MODEL_NAME).read_bytes())
+    (bundle / MODEL_NAME).unlink()
+    (bundle / MODEL_NAME).symlink_to("weights.onnx")
+    load_model(bundle)
 
 
 def test_missing_bundle_folder(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from models.batching import EncodedRow
 from server.app import build_app
+from server.main import uvicorn_server
 from server.services import Services
 from server.settings import ServerSettings
 from tests.tiny_models import Arch, TinyTask
@@ -156,23 +156,17 @@ def metric(app: FastAPI, name: str, **labels: str) -> float:
 
 
 class LiveServer:
-    """uvicorn on 127.0.0.1 in a background thread, as a user runs it (uvloop, httptools)."""
+    """uvicorn on 127.0.0.1 in a background thread, as `distilserve serve` runs it."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
+        # As `distilserve serve` configures it (connection guards included), on a free loopback port.
+        settings = state_of(app).settings
+        assert settings.host == "127.0.0.1", "live test servers listen on loopback only"
+        self.server = uvicorn_server(app, settings, port=self.port)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from distilserve.cli import COMMANDS, add_settings_arguments, main
+from models.bundle import MODEL_NAME
+from server.main import run
 from server.settings import ModelSpec, ServerSettings
 
 
@@ -75,3 +80,48 @@ def test_serve_help_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# Refusals are checked on the settings (what `distilserve serve` turns into exit 2 and a message,
+# as test_invalid_settings_exit_2_with_a_message shows): a server that wrongly accepted them
+# would otherwise start serving inside the test.
+def test_an_empty_api_key_is_refused_from_the_flag_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for empty in ("", "   "):
+        with pytest.raises(ValidationError, match="API key must not be empty"):
+            parse(["--api-key", empty])
+    monkeypatch.setenv("DISTILSERVE_API_KEY", "")
+    with pytest.raises(ValidationError, match="API key must not be empty"):
+        parse([])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com"])
+def test_a_host_reachable_from_elsewhere_needs_a_key_or_an_explicit_opt_out(host: str) -> None:
+    with pytest.raises(ValidationError, match="--allow-unauthenticated"):
+        parse(["--host", host])
+    assert parse(["--host", host, "--allow-unauthenticated"]).allow_unauthenticated
+    assert parse(["--host", host, "--api-key", "k"]).api_key is not None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_serve_without_a_key(host: str) -> None:
+    assert parse(["--host", host]).host == host
+
+
+def test_a_corrupted_bundle_is_refused_before_binding_with_one_line(
+    tiny_bundles: dict[tuple[str, str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = Path(shutil.copytree(tiny_bundles[("bert", "text-classification")], tmp_path / "bundle"))
+    model = bundle / MODEL_NAME
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    settings = ServerSettings(model=[f"broken={bundle}"], port=0, warmup=False)
+    with caplog.at_level(logging.ERROR):
+        assert run(settings) == 2
+    (record,) = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert record.getMessage() == f"cannot start: {model}: sha256 does not match the manifest: " + (
+        "the file is corrupted or was changed"
+    )
+    assert record.exc_info is None

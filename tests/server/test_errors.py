@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
+from server.errors import error_body
 from tests.server.conftest import running_app
 
 LONG_TEXT = "word " * 400  # far beyond the tiny models' 128 tokens
@@ -35,6 +37,24 @@ BAD_INPUTS: list[tuple[str, Any, int, str | None, str | None]] = [
     ("/v1/classify", b'{"input": "unterminated', 422, "invalid_request", None),
     ("/v1/classify", b"", 422, "invalid_request", None),
     ("/v1/classify", b"[1, 2, 3]", 422, "invalid_request", None),
+    ("/v1/classify", b'{"input": "caf\xe9"}', 422, "invalid_request", None),  # Latin-1, not UTF-8
+    ("/v1/classify", b"[" * 10_000 + b"]" * 10_000, 422, "invalid_request", None),
+    ("/v1/classify", {"input": "x", "truncate": 0}, 422, "invalid_request", "truncate"),
+    ("/v1/classify", {"input": "x", "truncate": "yes"}, 422, "invalid_request", "truncate"),
+    ("/v1/classify", {"input": "x", "truncate": ""}, 422, "invalid_request", "truncate"),
+    ("/v1/classify", {"input": "x", "raw_scores": 1}, 422, "invalid_request", "raw_scores"),
+    ("/v1/classify", {"input": "x", "top_k": "2"}, 422, "invalid_request", "top_k"),
+    ("/v1/classify", {"input": "x", "top_k": 2.5}, 422, "invalid_request", "top_k"),
+    ("/predict", {"inputs": "x", "truncate": "true"}, 422, "invalid_request", "truncate"),
+    ("/embed", {"inputs": "x", "normalize": "false"}, 422, "invalid_request", "normalize"),
+    ("/v1/embeddings", {"input": "x", "dimensions": "8"}, 422, "invalid_request", "dimensions"),
+    (
+        "/v1/answer",
+        {"inputs": {"question": "Q?", "context": CONTEXT}, "parameters": {"handle_impossible_answer": 1}},
+        422,
+        "invalid_request",
+        "parameters.handle_impossible_answer",
+    ),
     ("/v1/classify", {"model": "nope", "input": "x"}, 404, "model_not_found", "model"),
     ("/v1/classify", {"model": "encoder", "input": "x"}, 400, "wrong_task", "model"),
     ("/v1/embeddings", {"model": "sentiment", "input": "x"}, 400, "wrong_task", "model"),
@@ -157,3 +177,88 @@ async def test_the_api_key_guards_inference_but_not_health_or_metrics(model_args
         assert (await client.get("/v1/models")).status_code == 401
         assert (await client.get("/health/ready")).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
+
+
+# A lone surrogate, as JSON carries it: the escape is valid JSON but decodes to no character.
+SURROGATE = "abc \\ud800 def"
+QA = '"inputs": {{"question": {question}, "context": {context}}}'
+SURROGATE_FIELDS: list[tuple[str, str, str]] = [
+    ("/v1/classify", f'{{"input": "{SURROGATE}"}}', "input"),
+    ("/v1/classify", f'{{"input": ["fine", "{SURROGATE}"]}}', "input[1]"),
+    ("/v1/classify", f'{{"input": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/predict", f'{{"inputs": "{SURROGATE}"}}', "inputs"),
+    ("/predict", f'{{"inputs": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/v1/embeddings", f'{{"input": "{SURROGATE}"}}', "input"),
+    ("/v1/embeddings", f'{{"input": ["{SURROGATE}"]}}', "input[0]"),
+    ("/v1/embeddings", f'{{"input": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/v1/embeddings", f'{{"input": "x", "user": "{SURROGATE}"}}', "user"),
+    ("/embed", f'{{"inputs": "{SURROGATE}"}}', "inputs"),
+    ("/embed", f'{{"inputs": "x", "model": "{SURROGATE}"}}', "model"),
+    ("/v1/answer", "{" + QA.format(question=f'"{SURROGATE}"', context='"ctx"') + "}", "inputs.question"),
+    ("/v1/answer", "{" + QA.format(question='"q"', context=f'"{SURROGATE}"') + "}", "inputs.context"),
+    ("/v1/answer", f'{{"inputs": {{"question": "q", "context": "c"}}, "model": "{SURROGATE}"}}', "model"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "param"), SURROGATE_FIELDS)
+async def test_a_lone_surrogate_in_any_text_field_is_a_422_naming_it(
+    strict_client: tuple[FastAPI, httpx.AsyncClient], route: str, body: str, param: str
+) -> None:
+    _, client = strict_client
+    response = await client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert "surrogate" in error["message"] and error["code"] == "invalid_request"
+
+
+async def test_a_lone_surrogate_in_a_key_is_a_422(strict_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    _, client = strict_client
+    body = f'{{"input": "x", "{SURROGATE}": 1}}'.encode()
+    response = await client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_an_error_quoting_a_lone_surrogate_can_still_be_written() -> None:
+    # Errors quote what clients sent; orjson refuses to write a string that is not valid UTF-8.
+    body = orjson.loads(orjson.dumps(error_body(422, "key '\ud800' is unknown", param="\ud800")))
+    assert body["error"]["message"] == "key '\\ud800' is unknown"
+    assert body["error"]["param"] == "\\ud800"
+
+
+async def test_the_key_is_checked_before_the_body_is_parsed(model_args: list[str]) -> None:
+    bodies = [b'{"input": "unterminated', b"\xff\xfe not utf-8", b"", b'{"input": "fine"}']
+    async with running_app(model_args, api_key="s3cret") as (_, client):
+        for body in bodies:
+            for authorization in (None, "Bearer nope", "Bearer ", "Basic s3cret"):
+                headers = {"content-type": "application/json"}
+                if authorization is not None:
+                    headers["authorization"] = authorization
+                for route in ("/v1/classify", "/v1/embeddings", "/v1/answer", "/predict", "/embed"):
+                    response = await client.post(route, content=body, headers=headers)
+                    assert response.status_code == 401, (route, body, authorization, response.text)
+                    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    ("docs_access", "api_key", "without_key", "with_key"),
+    [
+        ("protected", "s3cret", 401, 200),
+        ("protected", None, 200, 200),
+        ("open", "s3cret", 200, 200),
+        ("off", "s3cret", 404, 404),
+        ("off", None, 404, 404),
+    ],
+)
+async def test_the_api_documents_follow_docs_access(
+    model_args: list[str], docs_access: str, api_key: str | None, without_key: int, with_key: int
+) -> None:
+    async with running_app(model_args, api_key=api_key, docs_access=docs_access) as (_, client):
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert (await client.get(path)).status_code == without_key, path
+            keyed = await client.get(path, headers={"Authorization": "Bearer s3cret"})
+            assert keyed.status_code == with_key, path
+        if with_key == 200:
+            document = (await client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"})).json()
+            assert "/v1/classify" in document["paths"] and "/openapi.json" not in document["paths"]

@@ -311,6 +311,50 @@ def test_a_whole_bench_run_writes_the_report(
     assert (tmp_path / "work" / "logs" / "distilserve.log").is_file()
 
 
+def test_the_overload_run_reports_capacity_flood_and_open_loop_with_probes(
+    tiny_int8_bundles: BundleMap, data_dir: Path, tmp_path: Path
+) -> None:
+    # A tiny scale of `distilserve bench --overload`: two admission slots, sixteen clients. It
+    # checks what is measured and that overload answers only 200 or 429, never how fast.
+    output = tmp_path / "results.json"
+    settings = Settings(
+        classify_bundle=tiny_int8_bundles[("bert", "text-classification")],
+        workloads=["classify"],
+        overload=True,
+        overload_capacity_concurrency=2,
+        overload_concurrency=16,
+        overload_factor=3.0,
+        probe_interval_s=0.05,
+        requests=40,
+        duration_s=20,
+        warmup_requests=2,
+        gemm_peak=False,
+        serve_args=["--max-queue-requests", "2"],
+        data_dir=data_dir,
+        work_dir=tmp_path / "work",
+        output=output,
+    )
+    assert run(settings) == 0
+    report = json.loads(output.read_text())
+    runs = {run_result["target"]: run_result for run_result in report["runs"]}
+    assert set(runs) == {
+        "distilserve (capacity)",
+        "distilserve (flood, no back-off)",
+        "distilserve (open, 3x capacity)",
+    }
+    assert report["ceiling"] == []  # distilserve alone
+    for target, run_result in runs.items():
+        assert run_result["sent"] == run_result["ok"] + sum(run_result["errors"].values())
+        assert set(run_result["errors"]) <= {"429"}, (target, run_result["errors"])  # no 5xx, no resets
+        assert run_result["ok"] > 0
+        extra = run_result["extra"]
+        assert extra["capacity_rps"] > 0 and extra["goodput_share"] > 0
+        assert "429" not in run_result["errors"] or extra["refused_p99_ms"] >= extra["refused_p50_ms"]
+        if target != "distilserve (capacity)":
+            assert extra["live_probes"] >= 1
+    assert sum(note.startswith("overload: ") for note in report["notes"]) == 3
+
+
 def test_markdown_and_plots_render_from_a_saved_report(tmp_path: Path) -> None:
     report = BenchReport.start(tmp_path, ["--x"])
     report.finish()
