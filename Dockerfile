@@ -26,8 +26,8 @@ ARG PYTHON_VERSION=3.11
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 ARG GT_MINILM_VERSION=0.1.0
-# The sentiment bundle comes from model-zoo/ (shipped with the repository).
-ARG DISTILSERVE_MODEL=all-minilm-l6-v2=/models/all-minilm-l6-v2,sst2-sentiment=/models/sst2-minilm-l3-int8
+# The sentiment and reader bundles come from model-zoo/ (shipped with the repository).
+ARG DISTILSERVE_MODEL=all-minilm-l6-v2=/models/all-minilm-l6-v2,sst2-sentiment=/models/sst2-minilm-l3-int8,squad-reader=/models/squad-minilm-l3-int8
 
 ########################################################################################
 FROM python:${PYTHON_VERSION}-slim AS export
