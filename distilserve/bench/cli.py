@@ -44,11 +44,12 @@ from distilserve.bench.baselines.infinity import (
     prepare_model,
 )
 from distilserve.bench.baselines.torch_server import torch_server
-from distilserve.bench.client import ClientKind, HttpClient, RawHttpClient, make_client, require_loopback
+from distilserve.bench.client import ClientKind, HttpClient, make_client, require_loopback
 from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
 from distilserve.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
 from distilserve.bench.overload import OverloadPlan, describe, overload_runs
 from distilserve.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
+from distilserve.bench.server_metrics import scrape_server_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from distilserve.bench.workloads import (
     Api,
@@ -259,7 +260,16 @@ def plan_workloads(settings: Settings, report: BenchReport) -> list[Planned]:
     return planned
 
 
-def plan_sweep(settings: Settings, report: BenchReport) -> tuple[Kind, Path, list[Workload]] | None:
+@dataclass(frozen=True)
+class Sweep:
+    """The latency sweep: fixed-length workloads on the first classification or embedding bundle."""
+
+    kind: Kind
+    bundle: Path
+    workloads: list[Workload]
+
+
+def plan_sweep(settings: Settings, report: BenchReport) -> Sweep | None:
     if "sweep" not in settings.workloads:
         return None
     for kind in ("classify", "embed"):
@@ -269,69 +279,9 @@ def plan_sweep(settings: Settings, report: BenchReport) -> tuple[Kind, Path, lis
                 bundle, settings.data_dir, settings.sweep_lengths, flops=_flops(bundle)
             )
             report.sweep_skipped = skipped
-            return kind, bundle, workloads
+            return Sweep(kind, bundle, workloads)
     report.notes.append("sweep: needs a classification or embedding bundle; skipped")
     return None
-
-
-# distilserve's own histograms, read from /metrics before and after each run: what its batches
-# looked like under that load (the evidence a profile would otherwise have to provide).
-SERVER_HISTOGRAMS = (
-    "distilserve_batch_size",
-    "distilserve_padding_ratio",
-    "distilserve_inference_seconds",
-    "distilserve_tokenization_seconds",
-    "distilserve_queue_wait_seconds",
-)
-
-
-def parse_histogram_totals(text: str) -> dict[str, float]:
-    """``{name_sum: x, name_count: n}`` over every label set, for ``SERVER_HISTOGRAMS``."""
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith(SERVER_HISTOGRAMS):
-            continue
-        name, _, value = line.rpartition(" ")
-        metric = name.split("{", 1)[0]
-        if metric.endswith(("_sum", "_count")):
-            totals[metric] = totals.get(metric, 0.0) + float(value)
-    return totals
-
-
-async def _server_totals(url: str | None) -> dict[str, float] | None:
-    if url is None:
-        return None
-    scraper = RawHttpClient(url)
-    try:
-        status, body = await scraper.get("/metrics")
-    except OSError:
-        return None
-    finally:
-        await scraper.aclose()
-    return parse_histogram_totals(body.decode()) if status == 200 else None
-
-
-def server_side(before: dict[str, float], after: dict[str, float], duration_s: float) -> dict[str, float]:
-    """Per-run means from the difference of two scrapes."""
-
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
-
-    batches = delta("distilserve_batch_size_count")
-    requests = delta("distilserve_tokenization_seconds_count")
-    if batches <= 0:
-        return {}
-    return {
-        "server_batches": batches,
-        "server_mean_batch_rows": delta("distilserve_batch_size_sum") / batches,
-        "server_mean_padding_share": delta("distilserve_padding_ratio_sum") / batches,
-        "server_inference_busy_share": delta("distilserve_inference_seconds_sum") / max(duration_s, 1e-9),
-        "server_mean_batch_ms": 1000.0 * delta("distilserve_inference_seconds_sum") / batches,
-        "server_mean_tokenize_ms": 1000.0 * delta("distilserve_tokenization_seconds_sum") / max(requests, 1),
-        "server_mean_queue_wait_ms": 1000.0
-        * delta("distilserve_queue_wait_seconds_sum")
-        / max(delta("distilserve_queue_wait_seconds_count"), 1),
-    }
 
 
 async def _levels(
@@ -349,7 +299,7 @@ async def _levels(
     for level in settings.concurrency if concurrency is None else concurrency:
         # Warm up first, so that the scrapes around the run see the measured requests only.
         await warm_up(client, requests, settings.warmup_requests, level)
-        before = await _server_totals(metrics_url)
+        before = await scrape_server_totals(metrics_url)
         result = await closed_loop(
             client,
             requests,
@@ -358,7 +308,7 @@ async def _levels(
             target=target,
             workload=workload.name,
         )
-        after = await _server_totals(metrics_url)
+        after = await scrape_server_totals(metrics_url)
         if before is not None and after is not None:
             result.extra.update(server_side(before, after, result.duration_s))
         logger.info(
@@ -443,14 +393,14 @@ def phase_distilserve(
     settings: Settings,
     report: BenchReport,
     planned: Sequence[Planned],
-    sweep: tuple[Kind, Path, list[Workload]] | None,
+    sweep: Sweep | None,
 ) -> None:
     server: ManagedServer | None = None
     url = settings.url
     if url is None:
         models: dict[str, Path] = {item.kind: item.bundle for item in planned}
         if sweep is not None:
-            models.setdefault(sweep[0], sweep[1])
+            models.setdefault(sweep.kind, sweep.bundle)
         server = distilserve_server(models, settings.work_dir / "logs", settings.serve_args)
         url = server.url
 
@@ -468,7 +418,7 @@ def phase_distilserve(
                     client, settings, item.workload, DISTILSERVE, metrics_url=target_url
                 )
             if sweep is not None:
-                runs, points = await _sweep(client, settings, sweep[2], f"{DISTILSERVE} (HTTP)")
+                runs, points = await _sweep(client, settings, sweep.workloads, f"{DISTILSERVE} (HTTP)")
                 report.runs += runs
                 report.sweep += points
         finally:
@@ -491,7 +441,7 @@ def phase_ceiling(
     settings: Settings,
     report: BenchReport,
     planned: Sequence[Planned],
-    sweep: tuple[Kind, Path, list[Workload]] | None,
+    sweep: Sweep | None,
 ) -> None:
     for item in planned:
         result = ceiling.measure_throughput(
@@ -505,9 +455,12 @@ def phase_ceiling(
         logger.info("ceiling %s: %.1f items/s", item.workload.name, result.items_per_s)
         report.ceiling.append(result)
     if sweep is not None:
-        for workload in sweep[2]:
+        for workload in sweep.workloads:
             latency = ceiling.measure_latency(
-                sweep[1], workload.items, requests=settings.sweep_requests, max_duration_s=settings.duration_s
+                sweep.bundle,
+                workload.items,
+                requests=settings.sweep_requests,
+                max_duration_s=settings.duration_s,
             )
             report.sweep.append(SweepPoint(workload.tokens[0], "in-process ORT (no HTTP)", latency))
 
@@ -516,11 +469,11 @@ def phase_pytorch(
     settings: Settings,
     report: BenchReport,
     planned: Sequence[Planned],
-    sweep: tuple[Kind, Path, list[Workload]] | None,
+    sweep: Sweep | None,
 ) -> None:
     kinds = {item.kind: item for item in planned}
-    if sweep is not None and sweep[0] not in kinds:
-        kinds[sweep[0]] = Planned(sweep[0], sweep[1], sweep[2][0])
+    if sweep is not None and sweep.kind not in kinds:
+        kinds[sweep.kind] = Planned(sweep.kind, sweep.bundle, sweep.workloads[0])
     for kind, item in kinds.items():
         checkpoint = checkpoint_for(item.bundle, settings.source_for(kind))
         if checkpoint is None:
@@ -533,8 +486,8 @@ def phase_pytorch(
             try:
                 if any(entry.kind == current_kind for entry in planned):
                     report.runs += await _levels(client, settings, current.workload, PYTORCH)
-                if sweep is not None and sweep[0] == current_kind:
-                    runs, points = await _sweep(client, settings, sweep[2], f"{PYTORCH} (HTTP)")
+                if sweep is not None and sweep.kind == current_kind:
+                    runs, points = await _sweep(client, settings, sweep.workloads, f"{PYTORCH} (HTTP)")
                     report.runs += runs
                     report.sweep += points
             finally:

@@ -17,11 +17,12 @@ import pytest
 from pydantic import ValidationError
 
 from distilserve.bench.baselines.ceiling import measure_latency, measure_throughput
-from distilserve.bench.cli import Settings, checkpoint_for, parse_histogram_totals, run, server_side
+from distilserve.bench.cli import Settings, checkpoint_for, run
 from distilserve.bench.client import HttpxClient, NotLoopbackError, RawHttpClient, require_loopback
 from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
 from distilserve.bench.loadgen import OVERFLOW, BenchRequest, Bounds, closed_loop, open_loop
 from distilserve.bench.report import BenchReport, markdown
+from distilserve.bench.server_metrics import parse_histogram_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, free_port
 from distilserve.bench.workloads import BundleTokens, classify_workload, embed_workload, text_of_length
 from tests.server.conftest import BundleMap, LiveServer
