@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from models.bundle import (
     FORMAT_VERSION,
@@ -42,7 +42,6 @@ from models.bundle import (
     Manifest,
     ParityCheck,
     Pooling,
-    ProblemType,
     QuantizationInfo,
     SourceInfo,
     Task,
@@ -50,7 +49,8 @@ from models.bundle import (
     hash_files,
 )
 from models.errors import BundleError, ExportError
-from models.export.isa import IsaChoice, resolve_scheme
+from models.export.checkpoint import Checkpoint, load_checkpoint
+from models.export.isa import IsaChoice, QuantScheme, resolve_scheme
 from models.export.parity import (
     Outputs,
     SampleBatch,
@@ -66,11 +66,6 @@ from models.export.parity import (
 from models.export.quantize import fuse_transformer_graph, nodes_matching, quantize_int8
 from models.export.samples import export_samples
 from models.export.source import (
-    SentenceTransformersInfo,
-    Source,
-    infer_task,
-    resolve_source,
-    sentence_transformers_info,
     weight_files,
     weights_sha256,
 )
@@ -88,10 +83,6 @@ REQUIRED_OUTPUTS: dict[Task, tuple[str, ...]] = {
     "question-answering": ("start_logits", "end_logits"),
     "feature-extraction": ("last_hidden_state",),
 }
-# Tokenizers report this (or larger) as model_max_length when they have no real limit.
-NO_TOKENIZER_LIMIT = 1_000_000
-# RoBERTa-family position embeddings start after the padding index, so two positions are unusable.
-POSITION_OFFSET_MODELS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 EXPORT_EXTRA_MODULES = ("torch", "transformers", "optimum.exporters.onnx", "onnx")
 STEPS = 5
 
@@ -172,21 +163,6 @@ class _Steps:
         logger.info("step %d/%d %s skipped (%s)", self.index, self.total, title, reason)
 
 
-@dataclass
-class _Checkpoint:
-    """The loaded source: config, fast tokenizer and PyTorch model, plus derived settings."""
-
-    source: Source
-    task: Task
-    config: Any
-    tokenizer: Any
-    model: Any
-    max_length: int
-    pooling: Pooling | None
-    normalize: bool
-    problem_type: ProblemType | None
-
-
 def export_bundle(options: ExportOptions) -> Manifest:
     """Export ``options.source`` to a verified bundle at ``options.output``; returns its manifest.
 
@@ -207,7 +183,7 @@ def export_bundle(options: ExportOptions) -> Manifest:
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.work-", dir=output.parent) as scratch_name:
         scratch = Path(scratch_name)
         with steps.step("ONNX export"):
-            checkpoint = _load_checkpoint(options)
+            checkpoint = load_checkpoint(options)
             logger.info(
                 "exporting %s for %s",
                 options.source,
@@ -249,63 +225,18 @@ def export_bundle(options: ExportOptions) -> Manifest:
             steps.skip("int8 agreement", "--quantize none")
         else:
             with steps.step("int8 quantization"):
-                quantize_source = fp32_path
-                if options.optimize:
-                    fused = _fuse_if_faithful(fp32_path, scratch, config, batches, torch_outputs, options)
-                    if fused is not None:
-                        quantize_source, fused_check = fused
-                        parity.append(fused_check)
-                        optimized = True
-                served_path = scratch / "model.int8.onnx"
-                try:
-                    fp32_nodes = nodes_matching(quantize_source, options.keep_fp32)
-                except ValueError as exc:
-                    raise ExportError(str(exc)) from exc
-                quantize_int8(
-                    quantize_source,
-                    served_path,
-                    scheme,
-                    per_channel=options.per_channel,
-                    nodes_to_keep_fp32=fp32_nodes,
+                served_path, fp32_nodes, fused_check = _quantize(
+                    fp32_path, scratch, config, batches, torch_outputs, options, scheme
                 )
-                if fp32_nodes:
-                    logger.info("kept %d nodes in fp32", len(fp32_nodes), extra={"nodes": fp32_nodes})
-                logger.info(
-                    "quantized %s: %s weights, %s activations%s%s",
-                    "fused graph" if optimized else "graph",
-                    scheme.weight_type,
-                    scheme.activation_type,
-                    ", per-channel" if options.per_channel else "",
-                    ", reduced range" if scheme.reduce_range else "",
-                    extra={"isa": scheme.isa, "bytes": served_path.stat().st_size},
-                )
+                if fused_check is not None:
+                    parity.append(fused_check)
+                    optimized = True
             with steps.step("int8 agreement"):
-                int8_outputs = run_onnx(served_path, batches, output_names)
-                metrics = agreement_metrics(
-                    checkpoint.task,
-                    fp32_outputs,
-                    int8_outputs,
-                    batches,
-                    problem_type=checkpoint.problem_type,
-                    pooling=checkpoint.pooling or "mean",
-                )
-                check = make_check(
-                    "onnx-fp32",
-                    "onnx-int8",
-                    len(samples),
-                    metrics,
-                    options.thresholds.for_task(checkpoint.task),
-                )
-                logger.info("%s", describe(check))
-                if not check.passed:
-                    remedies = "--quantize none or other thresholds"
-                    if not options.per_channel:
-                        remedies = "--per-channel, " + remedies
-                    raise ExportError(
-                        f"int8 does not agree with fp32: {describe(check)}. "
-                        f"Try {remedies}; the bundle was not written"
+                parity.append(
+                    _int8_check(
+                        checkpoint, served_path, batches, fp32_outputs, output_names, len(samples), options
                     )
-                parity.append(check)
+                )
 
         with steps.step("write bundle"):
             quantization = QuantizationInfo(
@@ -345,147 +276,6 @@ def export_bundle(options: ExportOptions) -> Manifest:
     return manifest
 
 
-def _load_checkpoint(options: ExportOptions) -> _Checkpoint:
-    source = resolve_source(options.source, options.revision)
-    config = _load_config(source)
-    st_info = sentence_transformers_info(source)
-    task = options.task or infer_task(
-        getattr(config, "architectures", None), sentence_transformers=st_info is not None
-    )
-    if task not in get_args(Task):
-        raise ExportError(f"unsupported task {task!r}; choose one of {', '.join(get_args(Task))}")
-    _check_exportable(config.model_type, task)
-    tokenizer = _load_tokenizer(source)
-    max_length = _max_length(options.max_length, config, tokenizer, st_info)
-    pooling: Pooling | None = None
-    normalize = False
-    if task == "feature-extraction":
-        pooling = options.pooling or (st_info.pooling if st_info else "mean")
-        normalize = (
-            options.normalize if options.normalize is not None else bool(st_info and st_info.normalize)
-        )
-    model = _load_model(source, task)
-    return _Checkpoint(
-        source=source,
-        task=task,
-        config=config,
-        tokenizer=tokenizer,
-        model=model,
-        max_length=max_length,
-        pooling=pooling,
-        normalize=normalize,
-        problem_type=_problem_type(config, task),
-    )
-
-
-def _load_config(source: Source) -> Any:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source.ref, revision=source.revision)
-    except (OSError, ValueError, KeyError) as exc:
-        where = "folder" if source.is_local else "Hugging Face Hub repository"
-        raise ExportError(f"{source.ref}: cannot load the model config from this {where} ({exc})") from exc
-
-
-def _check_exportable(model_type: str, task: Task) -> None:
-    # Importing the ONNX exporter registers its model configs with the TasksManager.
-    import optimum.exporters.onnx.model_configs  # noqa: F401
-    from optimum.exporters.tasks import TasksManager
-
-    try:
-        supported = TasksManager.get_supported_tasks_for_model_type(
-            model_type, "onnx", library_name="transformers"
-        )
-    except KeyError as exc:
-        raise ExportError(
-            f"unsupported architecture: model type {model_type!r} has no ONNX export in Optimum"
-        ) from exc
-    if task not in supported:
-        raise ExportError(
-            f"unsupported architecture: Optimum cannot export a {model_type!r} model for {task} "
-            f"(it supports {', '.join(sorted(supported))})"
-        )
-
-
-def _load_tokenizer(source: Source) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.ref, revision=source.revision, use_fast=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ExportError(f"{source.ref}: cannot load the tokenizer ({exc})") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise ExportError(
-            f"{source.ref}: the tokenizer has no fast (tokenizers) version; the runtime needs tokenizer.json"
-        )
-    return tokenizer
-
-
-MODEL_CLASSES: dict[Task, str] = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "feature-extraction": "AutoModel",
-}
-
-
-def _load_model(source: Source, task: Task) -> Any:
-    import transformers
-
-    factory = getattr(transformers, MODEL_CLASSES[task])
-    try:
-        model, info = factory.from_pretrained(source.ref, revision=source.revision, output_loading_info=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ExportError(f"{source.ref}: cannot load the model weights for {task} ({exc})") from exc
-    # A head missing from the checkpoint would be initialized at random and served as if trained.
-    # The pooler is the exception: feature-extraction graphs do not output it.
-    missing = [key for key in info.get("missing_keys", []) if "pooler" not in key]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ExportError(
-            f"{source.ref}: the checkpoint has no weights for {shown}; they would be random. "
-            f"Is --task {task} right for this checkpoint?"
-        )
-    model.eval()
-    return model
-
-
-def _max_length(
-    requested: int | None, config: Any, tokenizer: Any, st_info: SentenceTransformersInfo | None
-) -> int:
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and config.model_type in POSITION_OFFSET_MODELS:
-        positions -= 2
-    if requested is not None:
-        if positions is not None and requested > positions:
-            raise ExportError(f"--max-length {requested} is more than the model's {positions} positions")
-        return requested
-    limits = [int(positions)] if positions else []
-    if st_info is not None and st_info.max_seq_length:
-        # sentence-transformers truncates at max_seq_length, and the model was trained that way.
-        limits.append(st_info.max_seq_length)
-    else:
-        model_max_length = getattr(tokenizer, "model_max_length", None)
-        if model_max_length and model_max_length < NO_TOKENIZER_LIMIT:
-            limits.append(int(model_max_length))
-    if not limits:
-        raise ExportError("the model sets no length limit (max_position_embeddings); pass --max-length")
-    return min(limits)
-
-
-def _problem_type(config: Any, task: Task) -> ProblemType | None:
-    if task != "text-classification":
-        return None
-    problem_type = getattr(config, "problem_type", None)
-    if problem_type is not None:
-        if problem_type not in get_args(ProblemType):
-            raise ExportError(f"unsupported problem_type {problem_type!r} in config.json")
-        return problem_type  # type: ignore[no-any-return]
-    # Same rule as the transformers pipeline: one output is scored with a sigmoid, so it is left
-    # unset rather than called regression (which the runtime would leave unscored).
-    return "single_label_classification" if config.num_labels > 1 else None
-
-
 @contextmanager
 def _quiet_export() -> Iterator[None]:
     """Silence the tracer's and optimum's advisory noise during the ONNX export."""
@@ -512,7 +302,7 @@ def _quiet_export() -> Iterator[None]:
                 log.setLevel(level)
 
 
-def _export_onnx(checkpoint: _Checkpoint, folder: Path, opset: int | None) -> Path:
+def _export_onnx(checkpoint: Checkpoint, folder: Path, opset: int | None) -> Path:
     """Export with Optimum from the already loaded model (the one parity compares against)."""
     from optimum.exporters.onnx import onnx_export_from_model
 
@@ -581,6 +371,78 @@ def _fp32_check(
     return make_check("pytorch", candidate, samples, metrics, {"max_abs_diff": thresholds.fp32_max_abs_diff})
 
 
+def _quantize(
+    fp32_path: Path,
+    scratch: Path,
+    config: Any,
+    batches: Sequence[SampleBatch],
+    torch_outputs: Sequence[Outputs],
+    options: ExportOptions,
+    scheme: QuantScheme,
+) -> tuple[Path, list[str], ParityCheck | None]:
+    """The int8 graph (fused first with ``--optimize`` when fusion keeps parity), the nodes kept
+    in fp32, and the fused graph's parity check if it was used."""
+    quantize_source = fp32_path
+    fused_check = None
+    if options.optimize:
+        fused = _fuse_if_faithful(fp32_path, scratch, config, batches, torch_outputs, options)
+        if fused is not None:
+            quantize_source, fused_check = fused
+    served_path = scratch / "model.int8.onnx"
+    try:
+        fp32_nodes = nodes_matching(quantize_source, options.keep_fp32)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    quantize_int8(
+        quantize_source, served_path, scheme, per_channel=options.per_channel, nodes_to_keep_fp32=fp32_nodes
+    )
+    if fp32_nodes:
+        logger.info("kept %d nodes in fp32", len(fp32_nodes), extra={"nodes": fp32_nodes})
+    logger.info(
+        "quantized %s: %s weights, %s activations%s%s",
+        "fused graph" if fused_check is not None else "graph",
+        scheme.weight_type,
+        scheme.activation_type,
+        ", per-channel" if options.per_channel else "",
+        ", reduced range" if scheme.reduce_range else "",
+        extra={"isa": scheme.isa, "bytes": served_path.stat().st_size},
+    )
+    return served_path, fp32_nodes, fused_check
+
+
+def _int8_check(
+    checkpoint: Checkpoint,
+    served_path: Path,
+    batches: Sequence[SampleBatch],
+    fp32_outputs: Sequence[Outputs],
+    output_names: Sequence[str],
+    sample_count: int,
+    options: ExportOptions,
+) -> ParityCheck:
+    """int8 against fp32 on the samples, with the task's thresholds; an ``ExportError`` if it fails."""
+    int8_outputs = run_onnx(served_path, batches, output_names)
+    metrics = agreement_metrics(
+        checkpoint.task,
+        fp32_outputs,
+        int8_outputs,
+        batches,
+        problem_type=checkpoint.problem_type,
+        pooling=checkpoint.pooling or "mean",
+    )
+    check = make_check(
+        "onnx-fp32", "onnx-int8", sample_count, metrics, options.thresholds.for_task(checkpoint.task)
+    )
+    logger.info("%s", describe(check))
+    if not check.passed:
+        remedies = "--quantize none or other thresholds"
+        if not options.per_channel:
+            remedies = "--per-channel, " + remedies
+        raise ExportError(
+            f"int8 does not agree with fp32: {describe(check)}. Try {remedies}; the bundle was not written"
+        )
+    return check
+
+
 def _fuse_if_faithful(
     fp32_path: Path,
     scratch: Path,
@@ -637,7 +499,7 @@ def library_versions() -> dict[str, str]:
 def _write_bundle(
     output: Path,
     options: ExportOptions,
-    checkpoint: _Checkpoint,
+    checkpoint: Checkpoint,
     *,
     served_path: Path,
     tokenizer_path: Path,
