@@ -13,6 +13,7 @@ from models.distill.run import (
     environment_record,
     finetuned_model,
     fit,
+    has_architecture,
     model_record,
     start_run,
     student_layers,
@@ -33,9 +34,7 @@ def _has_named_labels(config: Any) -> bool:
 
 
 def _is_classifier(config: Any) -> bool:
-    return any(
-        name.endswith("ForSequenceClassification") for name in (getattr(config, "architectures", None) or [])
-    )
+    return has_architecture(config, "ForSequenceClassification")
 
 
 def train_classifier(settings: Settings) -> dict[str, Any]:

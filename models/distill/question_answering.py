@@ -28,12 +28,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_LENGTH = 384
 
 
-def _is_reader(config: Any) -> bool:
-    return any(
-        name.endswith("ForQuestionAnswering") for name in (getattr(config, "architectures", None) or [])
-    )
-
-
 def train_question_answering(settings: Settings) -> dict[str, Any]:
     """Run one fine-tuning or distillation job of a reader; returns the record saved as training.json."""
     import torch
@@ -46,6 +40,7 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
         environment_record,
         finetuned_model,
         fit,
+        has_architecture,
         model_record,
         start_run,
         student_layers,
@@ -90,16 +85,14 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
         )
 
     teacher_config = transformers.AutoConfig.from_pretrained(teacher_dir)
-    if settings.mode == "distill":
-        if not _is_reader(teacher_config):
-            raise ValueError(
-                f"{teacher_dir} is not a question-answering checkpoint; fine-tune it first "
-                "(--mode finetune --task question-answering) to make the teacher"
-            )
-        teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_dir)
-    else:
-        # A base encoder gets a new (randomly initialised) span head; the encoder is what we keep.
-        teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_dir)
+    if settings.mode == "distill" and not has_architecture(teacher_config, "ForQuestionAnswering"):
+        raise ValueError(
+            f"{teacher_dir} is not a question-answering checkpoint; fine-tune it first "
+            "(--mode finetune --task question-answering) to make the teacher"
+        )
+    # In finetune mode a base encoder gets a new (randomly initialised) span head; the encoder is
+    # what we keep.
+    teacher = AutoModelForQuestionAnswering.from_pretrained(teacher_dir)
 
     started = time.perf_counter()
     train_set = question_answering_features(tokenizer, train_questions, max_length, settings.doc_stride)

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+
     from models.distill.cli import Settings
     from models.distill.data import EncodedSet
     from models.distill.losses import DistillWeights
@@ -48,7 +52,7 @@ def teacher_logits(
     pad_token_id: int,
     device: Any,
     what: str,
-    logits_of: Any = None,
+    logits_of: Callable[[Any], torch.Tensor] | None = None,
 ) -> Any:
     """Teacher logits for every row, computed once and cached on disk by content.
 
@@ -93,6 +97,11 @@ def teacher_logits(
         },
     )
     return np.asarray(logits)
+
+
+def has_architecture(config: Any, suffix: str) -> bool:
+    """Whether a checkpoint's config names a model class ending in ``suffix`` (its head)."""
+    return any(name.endswith(suffix) for name in (getattr(config, "architectures", None) or []))
 
 
 def check_output(settings: Settings) -> None:

@@ -210,12 +210,11 @@ def predict_logits(
     ):
         batch = collate(data, indices, pad_token_id, device)
         logits = logits_of(model(**model_inputs(batch)))
-        if logits.ndim == 3:
-            logits = mask_padding(logits, batch["attention_mask"])
         for index, row, length in zip(
             indices, logits.float().cpu().numpy(), batch["attention_mask"].sum(dim=1).tolist(), strict=True
         ):
-            # Each row cut to its own tokens: a batch's padding is not the row's.
+            # Each row cut to its own tokens (right padding: they come first); a batch's padding is
+            # not the row's, and _pad_last_axis fills what rows lack with MASKED_LOGIT.
             outputs[index] = row[..., :length] if row.ndim == 2 else row
     model.train(was_training)
     return _pad_last_axis(outputs, MASKED_LOGIT)

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.bundle import read_manifest
+from models.bundle import Manifest, read_manifest
 from models.errors import DistilserveError
 from models.evaluation.data import (
     SQUAD_DEV,
@@ -142,16 +142,20 @@ def _stsb(data_file: Path, limit: int | None) -> tuple[int, Callable[[Scorer], d
 SCORERS = {"sst2": _sst2, "squad": _squad, "stsb": _stsb}
 
 
+def _manifest_for(bundle: Path, dataset: Dataset) -> Manifest:
+    """The bundle's manifest, if it serves the task the dataset scores; a DataError if not."""
+    manifest = read_manifest(bundle)
+    expected_task = DATASET_TASKS[dataset]
+    if manifest.task != expected_task:
+        raise DataError(bundle, f"bundle serves {manifest.task}; {dataset} needs {expected_task}")
+    return manifest
+
+
 def evaluate(settings: Settings) -> EvalReport:
     """Score every model the settings name on the same examples. Raises DataError, DistilserveError."""
     data_file = settings.data_dir / DATA_FILES[settings.dataset]
     examples, score = SCORERS[settings.dataset](data_file, settings.limit)
-    manifest = read_manifest(settings.bundle)
-    expected_task = DATASET_TASKS[settings.dataset]
-    if manifest.task != expected_task:
-        raise DataError(
-            settings.bundle, f"bundle serves {manifest.task}; {settings.dataset} needs {expected_task}"
-        )
+    manifest = _manifest_for(settings.bundle, settings.dataset)
     report = EvalReport(
         dataset=settings.dataset,
         data_file=str(data_file),
@@ -177,9 +181,7 @@ def evaluate(settings: Settings) -> EvalReport:
         if not separator or not name or not folder:
             raise DataError(Path(spec), "--compare takes NAME=DIR")
         compared = Path(folder)
-        other = read_manifest(compared)
-        if other.task != expected_task:
-            raise DataError(compared, f"bundle serves {other.task}; {settings.dataset} needs {expected_task}")
+        _manifest_for(compared, settings.dataset)
         candidates.append(
             (str(compared), functools.partial(BundleScorer, compared, name, batch_size=settings.batch_size))
         )

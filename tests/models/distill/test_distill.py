@@ -16,6 +16,7 @@ from models.distill.losses import soft_target_kl
 from models.distill.run import TRAINING_RECORD
 from models.distill.student import build_student, default_student_layers, validate_layers
 from models.distill.trainer import predict_logits
+from tests.models.distill.tiny_runs import tiny_settings
 from tests.tiny_models import LABELS, Arch, TinyTask, corpus, toy_label
 
 Checkpoints = dict[tuple[Arch, TinyTask], Path]
@@ -56,22 +57,6 @@ def logits_of(model: Any, folder: Path, texts: list[str]) -> np.ndarray:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     data = encode(tokenizer, texts, None, max_length=128)
     return predict_logits(model, data, pad_token_id=tokenizer.pad_token_id, device=torch.device("cpu"))
-
-
-def tiny_settings(tmp_path: Path, teacher: Path, files: dict[str, Any], **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "teacher": teacher,
-        "train_file": files["train"],
-        "dev_file": files["dev"],
-        "output": tmp_path / "student",
-        "epochs": 6,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "seed": 0,
-        "progress": False,
-        "cache_dir": tmp_path / "cache",
-    }
-    return Settings(**(values | overrides))
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from models.distill.trainer import (
     span_logits,
     train,
 )
+from tests.models.distill.tiny_runs import tiny_settings
 from tests.tiny_models import ADJECTIVES, SUBJECTS, TAILS, VERBS, Arch, TinyTask
 
 Checkpoints = dict[tuple[Arch, TinyTask], Path]
@@ -239,22 +240,15 @@ def test_invalid_json_and_excluded_ids(tmp_path: Path) -> None:
 
 
 def qa_settings(tmp_path: Path, teacher: Path, files: dict[str, Path], **overrides: Any) -> Settings:
+    """A tiny reader run: short windows, so that the toy contexts are cut into several."""
     values: dict[str, Any] = {
-        "teacher": teacher,
         "task": "question-answering",
-        "train_file": files["train"],
-        "dev_file": files["dev"],
         "output": tmp_path / "reader",
         "max_length": 64,
         "doc_stride": 16,
         "epochs": 3,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "seed": 0,
-        "progress": False,
-        "cache_dir": tmp_path / "cache",
     }
-    return Settings(**(values | overrides))
+    return tiny_settings(tmp_path, teacher, dict(files), **(values | overrides))
 
 
 @pytest.fixture(scope="module")
