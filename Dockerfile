@@ -70,7 +70,7 @@ RUN --mount=type=bind,target=/context \
 
 # Every model the image will serve must be a readable bundle: fail the build, not the pod.
 ARG DISTILSERVE_MODEL
-RUN python -c "from models.bundle import read_manifest; from server.settings import ServerSettings; \
+RUN python -c "from distilserve.models.bundle import read_manifest; from distilserve.server.settings import ServerSettings; \
 specs = ServerSettings().model_specs; assert specs, 'DISTILSERVE_MODEL names no model'; \
 [print(spec.name, read_manifest(spec.bundle_dir).task) for spec in specs]"
 

@@ -122,7 +122,7 @@ if [ "$STAGE" != train ]; then
 import sys
 from pathlib import Path
 
-from models.distill.data import read_examples
+from distilserve.models.distill.data import read_examples
 
 _, held_out = read_examples(Path(sys.argv[1])).split(int(sys.argv[3]), seed=42)
 rows = ["sentence\tlabel"] + [f"{text}\t{label}" for text, label in zip(held_out.texts, held_out.labels or [])]

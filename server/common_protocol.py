@@ -37,7 +37,7 @@ class Usage(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    """The one definition of the error shape: ``server.errors`` and the middleware render it."""
+    """The one definition of the error shape: ``distilserve.server.errors`` and the middleware render it."""
 
     message: str
     type: str

@@ -15,9 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import BundleError, InputError, InputTooLongError
-from server.common_protocol import ErrorDetail, ErrorResponse
-from server.responses import OrjsonResponse
+from distilserve.models.errors import BundleError, InputError, InputTooLongError
+from distilserve.server.common_protocol import ErrorDetail, ErrorResponse
+from distilserve.server.responses import OrjsonResponse
 
 logger = logging.getLogger(__name__)
 

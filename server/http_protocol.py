@@ -13,7 +13,7 @@ header, holds its descriptor forever, and enough of them exhaust the process's d
   restarted for being alive;
 - JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain.
 
-The body-read timeout is the ASGI side's (``server.middleware.BodyLimitMiddleware``): by then
+The body-read timeout is the ASGI side's (``distilserve.server.middleware.BodyLimitMiddleware``): by then
 the request is routed and counted, and its answer goes through the metrics.
 """
 
@@ -26,7 +26,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.errors import error_body
+from distilserve.server.errors import error_body
 
 # Answered even over the connection limit: a liveness probe must not fail because of load.
 ALWAYS_ANSWERED = frozenset({"/health/live"})

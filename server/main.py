@@ -13,14 +13,18 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from models.bundle import MANIFEST_NAME, load_manifest
-from models.errors import DistilserveError
-from models.export.default_model import DEFAULT_BUNDLE_NAME, default_bundle_dir, ensure_default_bundle
-from server.app import build_app
-from server.http_protocol import guarded_protocol
-from server.registry import ModelRegistry
-from server.services import Services
-from server.settings import ModelSpec, ServerSettings
+from distilserve.models.bundle import MANIFEST_NAME, load_manifest
+from distilserve.models.errors import DistilserveError
+from distilserve.models.export.default_model import (
+    DEFAULT_BUNDLE_NAME,
+    default_bundle_dir,
+    ensure_default_bundle,
+)
+from distilserve.server.app import build_app
+from distilserve.server.http_protocol import guarded_protocol
+from distilserve.server.registry import ModelRegistry
+from distilserve.server.services import Services
+from distilserve.server.settings import ModelSpec, ServerSettings
 
 __all__ = ["ServerSettings", "default_model_specs", "run"]
 
@@ -99,7 +103,7 @@ def uvicorn_server(app: FastAPI, settings: ServerSettings, *, port: int | None =
 
 
 def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None = None) -> uvicorn.Config:
-    """uvicorn (uvloop, httptools) with the connection guards of ``server.http_protocol``."""
+    """uvicorn (uvloop, httptools) with the connection guards of ``distilserve.server.http_protocol``."""
     return uvicorn.Config(
         app,
         host=settings.host,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from models.distill.run import (
+from distilserve.models.distill.run import (
     Job,
     distill_weights,
     environment_record,
@@ -21,7 +21,7 @@ from models.distill.run import (
 )
 
 if TYPE_CHECKING:
-    from models.distill.cli import Settings
+    from distilserve.models.distill.cli import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,19 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
     import transformers
     from transformers import AutoModelForSequenceClassification
 
-    from models.distill.augment import AugmentOptions, augment_texts
-    from models.distill.data import concatenate, encode, infer_label_names, label_ids, read_examples
-    from models.distill.student import (
+    from distilserve.models.distill.augment import AugmentOptions, augment_texts
+    from distilserve.models.distill.data import (
+        concatenate,
+        encode,
+        infer_label_names,
+        label_ids,
+        read_examples,
+    )
+    from distilserve.models.distill.student import (
         build_student,
         num_layers,
     )
-    from models.distill.trainer import (
+    from distilserve.models.distill.trainer import (
         DistillObjective,
         FinetuneObjective,
         Objective,

@@ -169,20 +169,20 @@ class Settings(BaseSettings):
 def train_from_settings(settings: Settings) -> dict[str, Any]:
     """Run one fine-tuning or distillation job; returns the record saved as training.json."""
     if settings.task == "question-answering":
-        from models.distill.question_answering import train_question_answering
+        from distilserve.models.distill.question_answering import train_question_answering
 
         if settings.validation_rows is not None or settings.augment_copies:
             raise ValueError("--validation-rows and --augment-copies are for text classification")
 
         return train_question_answering(settings)
-    from models.distill.classification import train_classifier
+    from distilserve.models.distill.classification import train_classifier
 
     return train_classifier(settings)
 
 
 def run(settings: Settings) -> int:
     """Entry point of ``distilserve distill``: 0 on success, 2 for bad input or options."""
-    from models.distill.data import DataError
+    from distilserve.models.distill.data import DataError
 
     try:
         record = train_from_settings(settings)

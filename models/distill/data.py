@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.batching import BatchLimits, plan_batches
+from distilserve.models.batching import BatchLimits, plan_batches
 
 # Re-exported: callers import DataError from here (one class, defined in models.errors).
-from models.errors import DataError as DataError
+from distilserve.models.errors import DataError as DataError
 
 if TYPE_CHECKING:
     import torch

@@ -15,12 +15,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.bundle import Pooling, Task
-from models.errors import DistilserveError
-from models.export.default_model import default_cache_dir, ensure_default_bundle
-from models.export.exporter import ExportOptions, export_bundle
-from models.export.isa import IsaChoice
-from models.export.parity import Thresholds
+from distilserve.models.bundle import Pooling, Task
+from distilserve.models.errors import DistilserveError
+from distilserve.models.export.default_model import default_cache_dir, ensure_default_bundle
+from distilserve.models.export.exporter import ExportOptions, export_bundle
+from distilserve.models.export.isa import IsaChoice
+from distilserve.models.export.parity import Thresholds
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from server.common_protocol import Text, TextOrTexts, Usage
+from distilserve.server.common_protocol import Text, TextOrTexts, Usage
 
 
 class ClassifyRequest(BaseModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from server.common_protocol import Text, TextOrTexts, Usage
+from distilserve.server.common_protocol import Text, TextOrTexts, Usage
 
 
 def _reject_token_ids(value: object) -> object:

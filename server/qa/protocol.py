@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from server.common_protocol import Text
+from distilserve.server.common_protocol import Text
 
 
 class QuestionContext(BaseModel):

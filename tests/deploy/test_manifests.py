@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from server.metrics import ServerMetrics
-from server.settings import ServerSettings
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.settings import ServerSettings
 from tests.conftest import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from server.errors import error_body
+from distilserve.server.errors import error_body
 from tests.server.conftest import running_app
 
 LONG_TEXT = "word " * 400  # far beyond the tiny models' 128 tokens

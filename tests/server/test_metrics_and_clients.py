@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from models import load_model
-from models.tasks import EmbedParams
+from distilserve.models import load_model
+from distilserve.models.tasks import EmbedParams
 from tests.server.conftest import BundleMap, LiveServer, gather_posts, running_app
 
 FAMILIES = {

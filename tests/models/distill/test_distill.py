@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill.augment import AugmentOptions, augment_texts
-from models.distill.cli import Settings, run
-from models.distill.data import DataError, encode, length_grouped_batches, read_examples
-from models.distill.losses import soft_target_kl
-from models.distill.run import TRAINING_RECORD
-from models.distill.student import build_student, default_student_layers, validate_layers
-from models.distill.trainer import predict_logits
+from distilserve.models.distill.augment import AugmentOptions, augment_texts
+from distilserve.models.distill.cli import Settings, run
+from distilserve.models.distill.data import DataError, encode, length_grouped_batches, read_examples
+from distilserve.models.distill.losses import soft_target_kl
+from distilserve.models.distill.run import TRAINING_RECORD
+from distilserve.models.distill.student import build_student, default_student_layers, validate_layers
+from distilserve.models.distill.trainer import predict_logits
 from tests.models.distill.tiny_runs import tiny_settings
 from tests.tiny_models import LABELS, Arch, TinyTask, corpus, toy_label
 
@@ -134,8 +134,8 @@ def test_teacher_logits_are_computed_once(
 def test_distilled_checkpoint_exports_and_matches(
     distilled: dict[str, Any], toy_files: dict[str, Any], tmp_path: Path
 ) -> None:
-    from models import load_model
-    from models.export import ExportOptions, export_bundle
+    from distilserve.models import load_model
+    from distilserve.models.export import ExportOptions, export_bundle
 
     bundle = tmp_path / "bundle"
     manifest = export_bundle(ExportOptions(source=str(distilled["student"]), output=bundle))
@@ -149,8 +149,8 @@ def test_distilled_checkpoint_exports_and_matches(
     # And the exported student serves over HTTP, with the same answers as the library.
     from starlette.testclient import TestClient
 
-    from server.app import build_app
-    from server.settings import ServerSettings
+    from distilserve.server.app import build_app
+    from distilserve.server.settings import ServerSettings
 
     settings = ServerSettings(model=[f"student={bundle}"])
     with TestClient(build_app(settings, settings.model_specs)) as client:

@@ -25,7 +25,7 @@ def recorded_accuracy(name: str) -> float:
 
 
 def test_shipped_bundle_loads_and_classifies() -> None:
-    from models import load_model
+    from distilserve.models import load_model
 
     model = load_model(BUNDLE)  # verifies every file's sha256 against the manifest
     assert model.manifest.task == "text-classification"
@@ -53,8 +53,8 @@ def test_shipped_bundle_is_documented_and_small() -> None:
 
 @pytest.mark.slow
 def test_shipped_bundle_dev_accuracy() -> None:
-    from models import load_model
-    from models.distill.data import read_examples
+    from distilserve.models import load_model
+    from distilserve.models.distill.data import read_examples
 
     dev_file: Path = shared_data_dir() / "sst2_dev.tsv"
     if not dev_file.is_file():
