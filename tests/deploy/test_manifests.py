@@ -464,3 +464,24 @@ def test_every_deployment_starts_with_a_key_or_says_it_serves_open() -> None:
     service = load_all(DEPLOY / "docker-compose.yml")[0]["services"]["distilserve"]
     assert service["environment"]["DISTILSERVE_ALLOW_UNAUTHENTICATED"] == "true"
     assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+
+
+def test_kubernetes_runs_the_image_as_the_dockerfile_builds_it() -> None:
+    """The Deployment's user, port, probes, model list and writable paths are the image's own
+    (test_docker_image.py checks the same against a built image)."""
+    runtime = dockerfile_stages()["runtime"]
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    main = container()
+    user = [line.split()[1] for line in runtime if line.startswith("USER ")][-1]
+    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    exposed = {line.split()[1] for line in runtime if line.startswith("EXPOSE ")}
+    assert exposed == {str(port["containerPort"]) for port in main["ports"]}
+    image = _image_env()
+    assert image["DISTILSERVE_PORT"] in exposed
+    healthcheck = next(line for line in runtime if line.startswith("HEALTHCHECK"))
+    assert main["readinessProbe"]["httpGet"]["path"] in healthcheck
+    assert env_of(main)["DISTILSERVE_MODEL"]["value"] == dockerfile_args()["DISTILSERVE_MODEL"]
+    # On a read-only root the server writes only under the manifest's emptyDir mounts.
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {mount["mountPath"].rstrip("/") + "/" for mount in main["volumeMounts"]}
+    assert any(image["DISTILSERVE_CACHE_DIR"].startswith(path) for path in writable)
