@@ -20,6 +20,7 @@ from distilserve.server.metrics import ServerMetrics
 from distilserve.server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from distilserve.server.qa.api_router import router as qa_router
 from distilserve.server.registry import ModelRegistry
+from distilserve.server.routing import InferenceRoute
 from distilserve.server.service.api_router import docs_router, health_router, info_router, metrics_router
 from distilserve.server.service.serving import package_version
 from distilserve.server.services import Services
@@ -89,6 +90,11 @@ def build_app(
         redoc_url="/redoc" if own_docs else None,
     )
     app.state.services = services
+    # The paths admission guards, which server.http_protocol may refuse before the app sees them
+    # (the routers are included without a prefix).
+    app.state.admitted_paths = frozenset(
+        route.path for router in routers for route in router.routes if isinstance(route, InferenceRoute)
+    )
     for router in routers:
         app.include_router(router)
     if keyed_docs:
