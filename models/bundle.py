@@ -54,6 +54,15 @@ class QuantizationInfo(_Strict):
     activation_type: str | None = None
     reduce_range: bool = False
     optimized_graph: bool = False
+    # What one int8 activation scale covers (``export --activation-scales``): "per-row" (each
+    # token its own scale: a row's result does not depend on its batch) or "per-tensor" (ONNX
+    # Runtime's dynamic quantization: one scale per batch). None for fp32 graphs and for int8
+    # bundles older than this field, which are all per-tensor.
+    activation_scales: Literal["per-row", "per-tensor"] | None = None
+    # Whether a row's output is the same alone and in any batch (fp32 and per-row int8 are).
+    batch_invariant: bool | None = None
+    # Why the export chose this scheme, in words (the evidence is in models.export.quantize).
+    scheme_reason: str | None = None
     # MatMul/Gemm nodes left in fp32 in an int8 graph (mixed precision, ``export --keep-fp32``).
     fp32_nodes: list[str] = []
     # Sizes of the served graph and of the fp32 graph it was made from (which an int8 bundle

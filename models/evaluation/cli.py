@@ -10,6 +10,12 @@ its difference to fp32 (the int8 cost), and writes it as JSON with ``--output``.
 * stsb: Spearman correlation (x100) of the cosine of the two sentences' embeddings with the
   gold similarity, on STS-B dev.
 
+``--batch-invariance`` also runs every row of each bundle alone and in seeded random batches
+of 16 and reports how far its outputs move (``distilserve.models.evaluation.invariance``): label flips and
+the largest logit change, or the lowest cosine for embeddings. ``--speed-rounds N`` times one
+pass over the data per bundle in N interleaved rounds and reports each bundle's speed relative
+to the first one: on a shared machine only ratios from one such run mean anything.
+
 torch is imported only with ``--source``; a bundle alone is scored with the runtime install.
 """
 
@@ -18,12 +24,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -36,13 +43,16 @@ from distilserve.models.evaluation.data import (
     SST2_DEV,
     STSB_DEV,
     DataError,
+    SquadExample,
     default_data_dir,
     read_squad,
     read_sst2,
     read_stsb,
 )
+from distilserve.models.evaluation.invariance import measure_batch_invariance
 from distilserve.models.evaluation.metrics import accuracy, cosine_rows, spearman, squad_scores
 from distilserve.models.evaluation.scorers import BundleScorer, Scorer, TorchScorer
+from distilserve.models.tasks import QAInput
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +88,18 @@ class Settings(BaseSettings):
     )
     limit: int | None = Field(None, ge=1, description="score only the first N examples (quick runs)")
     batch_size: int = Field(32, ge=1, description="rows per model batch (length-grouped)")
+    batch_invariance: bool = Field(
+        False,
+        description="also run each bundle's rows alone and in seeded random batches, and report how "
+        "far the outputs move: label flips, largest logit change, lowest embedding cosine",
+    )
+    invariance_batch_size: int = Field(16, ge=2, description="rows per random batch of --batch-invariance")
+    speed_rounds: int = Field(
+        0,
+        ge=0,
+        description="time one pass over the data per bundle in N interleaved rounds and report each "
+        "bundle's speed relative to the first (median pass); 0: no timing beyond the scoring pass",
+    )
     output: Path | None = Field(None, description="also write the results to this JSON file")
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="log level")
     log_format: Literal["json", "text"] = Field("text", description="log format")
@@ -91,6 +113,11 @@ class ModelScore:
     metrics: dict[str, float]
     seconds: float
     examples: int
+    # --batch-invariance: rows, max_abs_diff, changed_argmax or min_cosine (alone vs batched).
+    invariance: dict[str, float] | None = None
+    # --speed-rounds: the median pass and the first bundle's median pass divided by it.
+    median_pass_s: float | None = None
+    speed_vs_first: float | None = None
 
 
 @dataclass
@@ -140,6 +167,29 @@ def _stsb(data_file: Path, limit: int | None) -> tuple[int, Callable[[Scorer], d
 
 
 SCORERS = {"sst2": _sst2, "squad": _squad, "stsb": _stsb}
+
+
+def dataset_items(dataset: Dataset, data_file: Path, limit: int | None) -> list[Any]:
+    """The items a bundle runs on for the data set (texts, or questions with their contexts)."""
+    if dataset == "sst2":
+        return list(read_sst2(data_file, limit).texts)
+    if dataset == "stsb":
+        pairs = read_stsb(data_file, limit)
+        return [*pairs.first, *pairs.second]
+    examples: list[SquadExample] = read_squad(data_file, limit)
+    return [QAInput(question=example.question, context=example.context) for example in examples]
+
+
+def _time_rounds(scorers: list[BundleScorer], items: list[Any], rounds: int) -> list[float]:
+    """Median seconds of one pass over ``items`` per scorer, the scorers interleaved in each round
+    so that a change of machine load hits all of them alike."""
+    passes: list[list[float]] = [[] for _ in scorers]
+    for _ in range(rounds):
+        for index, scorer in enumerate(scorers):
+            started = time.perf_counter()
+            scorer.runtime.predict(items, max_batch_size=scorer.batch_size)
+            passes[index].append(time.perf_counter() - started)
+    return [statistics.median(times) for times in passes]
 
 
 def _manifest_for(bundle: Path, dataset: Dataset) -> Manifest:
@@ -198,15 +248,37 @@ def evaluate(settings: Settings) -> EvalReport:
                 ),
             )
         )
+    items = (
+        dataset_items(settings.dataset, data_file, settings.limit)
+        if settings.batch_invariance or settings.speed_rounds
+        else []
+    )
+    timed: list[tuple[ModelScore, BundleScorer]] = []
     for path, build in candidates:
-        # One model in memory at a time: the fp32 and PyTorch models are several times larger.
+        # One model in memory at a time (the fp32 and PyTorch models are several times larger),
+        # except the bundles that --speed-rounds times together.
         model = build()
         started = time.perf_counter()
         metrics = score(model)
         seconds = time.perf_counter() - started
-        report.models.append(ModelScore(model.name, model.kind, path, metrics, seconds, examples))
+        entry = ModelScore(model.name, model.kind, path, metrics, seconds, examples)
+        report.models.append(entry)
         logger.info("scored", extra={"model": model.name, "metrics": metrics, "seconds": round(seconds, 2)})
+        if isinstance(model, BundleScorer):
+            if settings.batch_invariance:
+                invariance = measure_batch_invariance(
+                    model.runtime, items, batch_size=settings.invariance_batch_size
+                )
+                entry.invariance = invariance.as_metrics()
+                logger.info("batch invariance", extra={"model": model.name, **entry.invariance})
+            if settings.speed_rounds:
+                timed.append((entry, model))
         del model
+    if timed:
+        medians = _time_rounds([scorer for _, scorer in timed], items, settings.speed_rounds)
+        for (entry, _), median in zip(timed, medians, strict=True):
+            entry.median_pass_s = median
+            entry.speed_vs_first = medians[0] / median if median > 0 else float("nan")
     by_name = {entry.name: entry for entry in report.models}
     reference = by_name.get("fp32 bundle")
     if reference is not None:
@@ -236,6 +308,50 @@ def format_report(report: EvalReport) -> list[str]:
         lines.append(
             f"| {entry.name} | {entry.kind} | {values} | {delta_text} | {entry.seconds:.1f} | {rate:.1f} |"
         )
+    lines += _invariance_lines(report)
+    lines += _speed_lines(report)
+    return lines
+
+
+def _invariance_lines(report: EvalReport) -> list[str]:
+    measured = [entry for entry in report.models if entry.invariance is not None]
+    if not measured:
+        return []
+    size = int(measured[0].invariance["rows"]) if measured[0].invariance else 0
+    lines = [
+        "",
+        f"batch invariance: each of {size} rows alone vs in seeded random batches "
+        "(changed argmax: flipped labels or QA start/end; min cosine: embeddings)",
+        "",
+        "| model | max abs change | changed argmax | min cosine |",
+        "|---|---|---|---|",
+    ]
+    for entry in measured:
+        values = entry.invariance or {}
+        changed = values.get("changed_argmax")
+        cosine = values.get("min_cosine")
+        lines.append(
+            f"| {entry.name} | {values['max_abs_diff']:.3g} | "
+            f"{'-' if changed is None else int(changed)} | {'-' if cosine is None else f'{cosine:.6f}'} |"
+        )
+    return lines
+
+
+def _speed_lines(report: EvalReport) -> list[str]:
+    timed = [entry for entry in report.models if entry.speed_vs_first is not None]
+    if not timed:
+        return []
+    lines = [
+        "",
+        f"speed: median pass over the data, rounds interleaved; ratio to {timed[0].name} "
+        "(only ratios within one run compare)",
+        "",
+        "| model | median pass s | speed vs first |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {entry.name} | {entry.median_pass_s:.3f} | {entry.speed_vs_first:.2f}x |" for entry in timed
+    ]
     return lines
 
 

@@ -19,7 +19,7 @@ from distilserve.models.bundle import Pooling, Task
 from distilserve.models.errors import DistilserveError
 from distilserve.models.export.default_model import default_cache_dir, ensure_default_bundle
 from distilserve.models.export.exporter import ExportOptions, export_bundle
-from distilserve.models.export.isa import IsaChoice
+from distilserve.models.export.isa import ActivationScales, IsaChoice
 from distilserve.models.export.parity import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,14 @@ class Settings(BaseSettings):
     task: Task | None = Field(
         None, description="what the bundle serves; inferred from the config's architectures when unset"
     )
-    quantize: Literal["int8", "none"] = Field(
-        "int8", description="int8 (dynamic quantization) or none (fp32)"
+    quantize: Literal["int8", "none"] = Field("int8", description="int8 or none (fp32)")
+    activation_scales: ActivationScales = Field(
+        "per-row",
+        description=(
+            "int8 activation scales: per-row (each token its own scale: a sentence's output is the same "
+            "alone and batched, SST-2 accuracy kept; about 0.9x the speed) or per-tensor (ONNX Runtime's "
+            "dynamic int8: one scale per batch, so outputs depend on batch neighbours)"
+        ),
     )
     per_channel: bool = Field(
         True,
@@ -125,6 +131,7 @@ class Settings(BaseSettings):
             per_channel=self.per_channel,
             optimize=self.optimize,
             isa=self.isa,
+            activation_scales=self.activation_scales,
             max_length=self.max_length,
             opset=self.opset,
             pooling=self.pooling,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,11 @@ Isa = Literal["avx512_vnni", "avx_vnni", "avx2", "arm64", "generic"]
 IsaChoice = Literal["auto", "avx512_vnni", "avx_vnni", "avx2", "arm64", "generic"]
 ISA_CHOICES: tuple[IsaChoice, ...] = ("auto", "avx512_vnni", "avx_vnni", "avx2", "arm64", "generic")
 QuantTypeName = Literal["QInt8", "QUInt8"]
+# What one int8 activation scale covers: one row (token) of the activation matrix, which keeps
+# a row's result independent of its batch, or the whole batch (ONNX Runtime's dynamic
+# quantization). models.export.quantize explains and measures both.
+ActivationScales = Literal["per-row", "per-tensor"]
+ACTIVATION_SCALES: tuple[ActivationScales, ...] = ("per-row", "per-tensor")
 
 ARM_MACHINES = frozenset({"aarch64", "arm64", "armv8l", "armv8b"})
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
@@ -74,10 +80,7 @@ def detect_isa(cpuinfo: str | None = None, machine: str | None = None) -> Isa:
     if machine in ARM_MACHINES:
         return "arm64"
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = read_cpuinfo()
     flags = cpu_flags(cpuinfo)
     if "avx512_vnni" in flags:
         return "avx512_vnni"
@@ -94,3 +97,64 @@ def resolve_scheme(choice: IsaChoice) -> QuantScheme:
     """The scheme for an explicit ISA, or for this machine's when ``choice == "auto"``."""
     isa: Isa = detect_isa() if choice == "auto" else choice
     return SCHEMES[isa]
+
+
+def read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def isa_misfit(bundle_isa: str | None, bundle_weight_type: str | None, cpu_isa: Isa) -> str | None:
+    """Why an int8 bundle's scheme does not suit a CPU of ``cpu_isa``, or None when it does.
+
+    What matters is the weight type the kernels of this CPU want (``SCHEMES``): an avx512_vnni
+    bundle suits an avx_vnni CPU (both u8 x s8), an avx2 bundle a generic one (both u8 x u8).
+    """
+    if bundle_weight_type is None:
+        return None
+    wanted = SCHEMES[cpu_isa].weight_type
+    if bundle_weight_type == wanted:
+        return None
+    if bundle_weight_type == "QInt8":
+        return (
+            f"its u8 x s8 int8 (made for {bundle_isa}) runs on {cpu_isa} without VNNI through "
+            "vpmaddubsw, whose 16-bit sums can saturate: answers may lose accuracy"
+        )
+    return (
+        f"its u8 x u8 int8 (made for {bundle_isa}) cannot use the {cpu_isa} u8 x s8 kernels "
+        "(VNNI, SDOT): it runs slower than a bundle made for this CPU"
+    )
+
+
+def log_isa_fit(
+    bundle: Path,
+    bundle_isa: str | None,
+    bundle_weight_type: str | None,
+    detect: Callable[[], Isa] = detect_isa,
+) -> str | None:
+    """Warn, with the fix, when an int8 bundle was quantized for another kind of CPU than this one.
+
+    ``detect`` gives this machine's ISA (tests pass a fake one). Returns the reason, or None.
+    """
+    cpu_isa = detect()
+    reason = isa_misfit(bundle_isa, bundle_weight_type, cpu_isa)
+    if reason is not None:
+        logger.warning(
+            "int8 scheme of %s does not suit this CPU: %s; re-export it on this machine with "
+            "`distilserve export SOURCE --isa auto` (or --isa %s)",
+            bundle,
+            reason,
+            cpu_isa,
+            extra={
+                "event": "isa_mismatch",
+                "bundle": str(bundle),
+                "bundle_isa": bundle_isa,
+                "bundle_weight_type": bundle_weight_type,
+                "cpu_isa": cpu_isa,
+                "wanted_weight_type": SCHEMES[cpu_isa].weight_type,
+                "fix": f"distilserve export SOURCE --isa auto (or --isa {cpu_isa})",
+            },
+        )
+    return reason
