@@ -13,7 +13,7 @@ The server's dynamic batcher uses the same pieces: ``prepare`` per item, ``forwa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from distilserve.models.batching import (
 )
 from distilserve.models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
 from distilserve.models.errors import BundleError
+from distilserve.models.export.isa import Isa, detect_isa, log_isa_fit
 from distilserve.models.session import OnnxSession, SessionOptions
 from distilserve.models.tasks import Prepared, TaskProcessor, processor_for
 from distilserve.models.tokenization import ThreadSafeTokenizer
@@ -105,10 +106,24 @@ def load_model(
     session_options: SessionOptions | None = None,
     *,
     verify_hashes: bool = True,
+    detect_cpu_isa: Callable[[], Isa] = detect_isa,
 ) -> ModelRuntime:
-    """Load and verify a bundle. Raises ``BundleError`` naming the file and the problem."""
+    """Load and verify a bundle. Raises ``BundleError`` naming the file and the problem.
+
+    An int8 bundle quantized for another kind of CPU still loads, with a warning that names the
+    fix (``log_isa_fit``); ``detect_cpu_isa`` reads this machine's (tests pass a fake one).
+    """
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir, verify_hashes=verify_hashes)
+    quantization = manifest.quantization
+    if quantization.mode == "int8":
+        log_isa_fit(
+            bundle_dir,
+            quantization.isa,
+            quantization.weight_type,
+            detect_cpu_isa,
+            source=manifest.source.id,
+        )
     try:
         tokenizer = ThreadSafeTokenizer.from_file(bundle_dir / TOKENIZER_NAME)
     except Exception as exc:  # tokenizers raises plain Exception subclasses for bad JSON

@@ -133,20 +133,25 @@ def log_isa_fit(
     bundle_isa: str | None,
     bundle_weight_type: str | None,
     detect: Callable[[], Isa] = detect_isa,
+    *,
+    source: str | None = None,
 ) -> str | None:
     """Warn, with the fix, when an int8 bundle was quantized for another kind of CPU than this one.
 
-    ``detect`` gives this machine's ISA (tests pass a fake one). Returns the reason, or None.
+    ``detect`` gives this machine's ISA (tests pass a fake one); ``source`` is the checkpoint
+    the bundle came from (its manifest's source id). Returns the reason, or None.
     """
     cpu_isa = detect()
     reason = isa_misfit(bundle_isa, bundle_weight_type, cpu_isa)
     if reason is not None:
+        fix = f"distilserve export SOURCE --output {bundle} --overwrite --isa auto"
         logger.warning(
-            "int8 scheme of %s does not suit this CPU: %s; re-export it on this machine with "
-            "`distilserve export SOURCE --isa auto` (or --isa %s)",
+            "int8 scheme of %s does not suit this CPU: %s; re-export it on this machine: %s "
+            "(SOURCE: the checkpoint it came from, %s)",
             bundle,
             reason,
-            cpu_isa,
+            fix,
+            source or "see its manifest",
             extra={
                 "event": "isa_mismatch",
                 "bundle": str(bundle),
@@ -154,7 +159,8 @@ def log_isa_fit(
                 "bundle_weight_type": bundle_weight_type,
                 "cpu_isa": cpu_isa,
                 "wanted_weight_type": SCHEMES[cpu_isa].weight_type,
-                "fix": f"distilserve export SOURCE --isa auto (or --isa {cpu_isa})",
+                "fix": fix,
+                "source": source,
             },
         )
     return reason

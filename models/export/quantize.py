@@ -172,7 +172,7 @@ def quantize_int8_per_row(
     per_channel: bool,
     nodes_to_keep_fp32: Sequence[str] = (),
 ) -> int:
-    """Per-row int8 (see the module docstring); returns how many MatMul/Gemm nodes became int8.
+    """Per-row int8 (see the module docstring); returns how many MatMul nodes became int8.
 
     The embedding tables (``Gather``) are quantized weight-only, as ``quantize_dynamic`` does,
     which is batch invariant too. Weights take the scheme's type (s8, or u8 with zero point 128
@@ -194,7 +194,13 @@ def quantize_int8_per_row(
     model = onnx.load(str(gathers_done))
     gathers_done.unlink()
     rewriter = _PerRowRewriter(
-        model, scheme, per_channel=per_channel, keep_fp32=frozenset(nodes_to_keep_fp32)
+        model,
+        scheme,
+        per_channel=per_channel,
+        keep_fp32=frozenset(
+            # quantize_dynamic (the Gather step) has rewritten each Gemm as "<gemm>_MatMul" + Add.
+            [*nodes_to_keep_fp32, *(f"{name}_MatMul" for name in nodes_to_keep_fp32)]
+        ),
     )
     count = rewriter.rewrite()
     onnx.save(model, str(target))
@@ -202,13 +208,15 @@ def quantize_int8_per_row(
 
 
 class _PerRowRewriter:
-    """Rewrites each MatMul/Gemm with a constant 2-D weight into the per-row int8 pattern::
+    """Rewrites each MatMul with a constant 2-D weight into the per-row int8 pattern::
 
         x2 = Reshape(x, [-1, K])
         scale = max(ReduceMax(x2), -ReduceMin(x2), eps) / 127           # [M, 1], per row
         q = QuantizeLinear(x2, scale as [M], zero point 128, axis 0)    # u8, symmetric
         y2 = MatMulIntegerToFloat(q, w_int8, 1, w_scale, 128, w_zero_point) * scale   # [M, N]
-        y = Reshape(y2, shape(x)[:-1] + [N])   (+ the Gemm's bias)
+        y = Reshape(y2, shape(x)[:-1] + [N])
+
+    Gemms are MatMul + Add by then: the Gather step's ``quantize_dynamic`` rewrites them.
 
     The activation side is built once per input tensor and shared by its consumers (a layer's
     query, key and value projections read the same tensor).
@@ -253,16 +261,6 @@ class _PerRowRewriter:
         weight = numpy_helper.to_array(self.initializers[node.input[1]]).astype(np.float32)
         if weight.ndim != 2:
             return None
-        if node.op_type == "Gemm":
-            attributes = {attribute.name: onnx_attribute(attribute) for attribute in node.attribute}
-            if (
-                attributes.get("transA", 0)
-                or attributes.get("alpha", 1.0) != 1.0
-                or attributes.get("beta", 1.0) != 1.0
-            ):
-                return None
-            if attributes.get("transB", 0):
-                weight = weight.T
         return weight
 
     def rewrite(self) -> int:
@@ -271,7 +269,7 @@ class _PerRowRewriter:
         nodes: list[Any] = []
         count = 0
         for node in self.graph.node:
-            weight = self.weight(node) if node.op_type in QUANTIZABLE_OPS else None
+            weight = self.weight(node) if node.op_type == "MatMul" else None
             if weight is None:
                 nodes.append(node)
                 continue
@@ -388,24 +386,10 @@ class _PerRowRewriter:
                 "Concat", [f"{prefix}_lead_dims", f"{name}_out_width"], [f"{product}_shape"], axis=0
             ),
         ]
-        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-            nodes += [
-                helper.make_node("Reshape", [f"{product}_rows", f"{product}_shape"], [f"{product}_unbiased"]),
-                helper.make_node("Add", [f"{product}_unbiased", node.input[2]], list(node.output)),
-            ]
-        else:
-            nodes.append(
-                helper.make_node("Reshape", [f"{product}_rows", f"{product}_shape"], list(node.output))
-            )
+        nodes.append(helper.make_node("Reshape", [f"{product}_rows", f"{product}_shape"], list(node.output)))
         return nodes
 
 
 # The activation's zero point: symmetric scales centred in u8, the type every x86 and arm64
 # int8 kernel of ONNX Runtime takes for activations.
 ACTIVATION_ZERO_POINT = 128
-
-
-def onnx_attribute(attribute: Any) -> Any:
-    from onnx import helper
-
-    return helper.get_attribute_value(attribute)

@@ -337,3 +337,56 @@ def test_compare_needs_a_name_and_a_folder(tiny_int8_bundles: BundleMap, data_di
     bundle = tiny_int8_bundles[("bert", "text-classification")]
     with pytest.raises(DataError, match="NAME=DIR"):
         evaluate(Settings(bundle=bundle, dataset="sst2", compare=[spec], data_dir=data_dir))
+
+
+def test_batch_invariance_and_speed_rounds_are_reported_per_bundle(
+    tiny_int8_bundles: BundleMap, tiny_bundles: BundleMap, tiny_checkpoints: BundleMap, data_dir: Path
+) -> None:
+    """--batch-invariance measures every bundle (not the PyTorch source); --speed-rounds times the
+    bundles together and gives each one's speed relative to the first."""
+    key = ("bert", "text-classification")
+    report = evaluate(
+        Settings(
+            bundle=tiny_int8_bundles[key],
+            dataset="sst2",
+            fp32_bundle=tiny_bundles[key],
+            source=str(tiny_checkpoints[key]),
+            data_dir=data_dir,
+            batch_invariance=True,
+            invariance_batch_size=4,
+            speed_rounds=2,
+        )
+    )
+    bundle, fp32, source = report.models
+    for entry in (bundle, fp32):
+        assert entry.invariance is not None
+        assert entry.invariance["rows"] == 6
+        # The default int8 export and fp32 are both batch invariant.
+        assert entry.invariance["max_abs_diff"] <= 1e-3 and entry.invariance["changed_argmax"] == 0
+        assert entry.median_pass_s is not None and entry.median_pass_s > 0
+    assert bundle.speed_vs_first == 1.0
+    assert fp32.speed_vs_first is not None and fp32.speed_vs_first > 0
+    assert source.invariance is None and source.speed_vs_first is None
+    lines = format_report(report)
+    assert any(line.startswith("batch invariance: each of 6 rows") for line in lines)
+    # name | max abs change | changed argmax 0 | no cosine for a classifier
+    assert any(line.startswith("| bundle |") and line.endswith("| 0 | - |") for line in lines)
+    assert any(line.startswith("| fp32 bundle |") and line.endswith("x |") for line in lines)
+    saved = json.loads(report.to_json())
+    assert saved["models"][0]["invariance"]["changed_argmax"] == 0
+
+
+def test_stsb_batch_invariance_reports_the_lowest_cosine(
+    tiny_int8_bundles: BundleMap, data_dir: Path
+) -> None:
+    report = evaluate(
+        Settings(
+            bundle=tiny_int8_bundles[("bert", "feature-extraction")],
+            dataset="stsb",
+            data_dir=data_dir,
+            batch_invariance=True,
+        )
+    )
+    (entry,) = report.models
+    assert entry.invariance is not None and entry.invariance["min_cosine"] >= 0.9999
+    assert "changed_argmax" not in entry.invariance

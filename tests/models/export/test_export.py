@@ -21,7 +21,7 @@ from distilserve.models.batching import EncodedRow, assemble_batch
 from distilserve.models.bundle import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, sha256_file
 from distilserve.models.export import ExportOptions, Thresholds, export_bundle, infer_task
 from distilserve.models.export.cli import Settings, run
-from distilserve.models.export.isa import SCHEMES, cpu_flags, detect_isa, resolve_scheme
+from distilserve.models.export.isa import SCHEMES, ActivationScales, cpu_flags, detect_isa, resolve_scheme
 from distilserve.models.export.samples import SAMPLE_QA_PAIRS, SAMPLE_TEXTS, read_sample_file
 from distilserve.models.tasks import ClassifyParams, QAInput
 from distilserve.models.tokenization import TruncationConfig
@@ -291,7 +291,9 @@ def test_mixed_precision_keeps_the_chosen_nodes_in_fp32(tiny_checkpoints: Bundle
     graph = onnx.load(str(tmp_path / "mixed" / MODEL_NAME)).graph
     float_matmuls = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")}
     integer_ops = [
-        node.name for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+        node.name
+        for node in graph.node
+        if node.op_type in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
     ]
     # The head stays a float MatMul (the quantizer rewrites a Gemm as "<name>_MatMul" + Add);
     # the encoder's projections are quantized all the same.
@@ -302,6 +304,53 @@ def test_mixed_precision_keeps_the_chosen_nodes_in_fp32(tiny_checkpoints: Bundle
     with pytest.raises(ExportError, match="matches no MatMul/Gemm node"):
         export_bundle(ExportOptions(source=source, output=tmp_path / "none", keep_fp32=("*no_such_layer*",)))
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("activation_scales", ["per-row", "per-tensor"])
+def test_mixed_precision_works_with_either_activation_scale(
+    tiny_checkpoints: Bundles, tmp_path: Path, activation_scales: ActivationScales
+) -> None:
+    """--keep-fp32 names the fp32 graph's nodes, whichever int8 rewrite follows."""
+    import onnx
+
+    manifest = export_bundle(
+        ExportOptions(
+            source=str(tiny_checkpoints[("bert", "feature-extraction")]),
+            output=tmp_path / "mixed",
+            keep_fp32=("*layer.0/*",),
+            activation_scales=activation_scales,
+        )
+    )
+    quant = manifest.quantization
+    assert quant.activation_scales == activation_scales and quant.fp32_nodes
+    graph = onnx.load(str(tmp_path / "mixed" / MODEL_NAME)).graph
+    float_matmuls = {node.name for node in graph.node if node.op_type == "MatMul"}
+    integer_matmuls = ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
+    integer_ops = [node.name for node in graph.node if node.op_type in integer_matmuls]
+    assert set(quant.fp32_nodes) <= float_matmuls
+    assert integer_ops and not any("layer.0/" in name for name in integer_ops)
+    assert all(check.passed for check in manifest.parity)
+
+
+def test_per_row_int8_with_the_avx2_u8u8_scheme(tiny_checkpoints: Bundles, tmp_path: Path) -> None:
+    """AVX2's scheme stores the weights as u8 around 128; the answers still agree with fp32."""
+    import onnx
+
+    manifest = export_bundle(
+        ExportOptions(
+            source=str(tiny_checkpoints[("distilbert", "text-classification")]),
+            output=tmp_path / "b",
+            isa="avx2",
+        )
+    )
+    assert (manifest.quantization.weight_type, manifest.quantization.activation_scales) == (
+        "QUInt8",
+        "per-row",
+    )
+    graph = onnx.load(str(tmp_path / "b" / MODEL_NAME)).graph
+    weights = {tensor.name: tensor.data_type for tensor in graph.initializer}
+    assert {weights[name] for name in weights if name.endswith("_weight_int8")} == {onnx.TensorProto.UINT8}
+    assert all(check.passed for check in manifest.parity)
 
 
 def test_question_answering_bundle_answers(tiny_bundles: Bundles) -> None:

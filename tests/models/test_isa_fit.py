@@ -1,0 +1,71 @@
+"""Loading an int8 bundle on a CPU its scheme was not made for warns, naming the fix.
+
+The CPU is faked through ``load_model(detect_cpu_isa=...)``, so the test means the same on any
+machine: the tiny bundles are exported for this machine, and the fake CPU is one whose kernels
+want the other weight type.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from distilserve.models import load_model
+from distilserve.models.bundle import load_manifest
+from distilserve.models.export.isa import SCHEMES, Isa, isa_misfit
+from tests.tiny_models import Arch, TinyTask
+
+BundleMap = dict[tuple[Arch, TinyTask], Path]
+
+
+def mismatches(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if getattr(record, "event", None) == "isa_mismatch"]
+
+
+def test_a_bundle_for_another_cpu_warns_with_the_fix(
+    tiny_int8_bundles: BundleMap, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = tiny_int8_bundles[("bert", "text-classification")]
+    quantization = load_manifest(bundle).quantization
+    other_cpu: Isa = "avx2" if quantization.weight_type == "QInt8" else "avx512_vnni"
+    with caplog.at_level(logging.WARNING):
+        model = load_model(bundle, detect_cpu_isa=lambda: other_cpu)
+    assert model.predict(["still serves"])  # a warning, not a refusal
+    (record,) = mismatches(caplog)
+    assert record.levelno == logging.WARNING
+    assert record.__dict__["cpu_isa"] == other_cpu
+    assert record.__dict__["bundle_isa"] == quantization.isa
+    assert record.__dict__["wanted_weight_type"] == SCHEMES[other_cpu].weight_type
+    assert "--isa auto" in record.__dict__["fix"] and "--isa auto" in record.getMessage()
+
+
+def test_a_bundle_for_this_kind_of_cpu_loads_quietly(
+    tiny_int8_bundles: BundleMap, tiny_bundles: BundleMap, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = tiny_int8_bundles[("bert", "feature-extraction")]
+    same_kind = load_manifest(bundle).quantization.isa
+    assert same_kind in SCHEMES
+    with caplog.at_level(logging.WARNING):
+        load_model(bundle, detect_cpu_isa=lambda: same_kind)  # type: ignore[arg-type,return-value]
+        # fp32 bundles have no int8 scheme to misfit.
+        load_model(tiny_bundles[("bert", "feature-extraction")], detect_cpu_isa=lambda: "avx2")
+    assert mismatches(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("bundle_isa", "weight_type", "cpu_isa", "fits"),
+    [
+        ("avx512_vnni", "QInt8", "avx512_vnni", True),
+        ("avx512_vnni", "QInt8", "avx_vnni", True),  # same u8 x s8 kernels
+        ("avx2", "QUInt8", "generic", True),
+        ("avx512_vnni", "QInt8", "avx2", False),  # saturation risk
+        ("avx2", "QUInt8", "avx512_vnni", False),  # misses VNNI
+        ("arm64", "QInt8", "avx2", False),
+    ],
+)
+def test_isa_misfit_follows_the_weight_type_each_cpu_wants(
+    bundle_isa: str, weight_type: str, cpu_isa: Isa, fits: bool
+) -> None:
+    assert (isa_misfit(bundle_isa, weight_type, cpu_isa) is None) == fits
