@@ -22,6 +22,7 @@ from typing import Any
 from distilserve.bench.baselines.ceiling import CeilingResult
 from distilserve.bench.gemm_peak import GemmPeak
 from distilserve.bench.loadgen import RunResult
+from distilserve.models.export.isa import detect_isa
 
 # The CPU features that decide which int8 kernels ONNX Runtime can use.
 INTERESTING_FLAGS = (
@@ -78,6 +79,9 @@ def machine_info() -> dict[str, Any]:
         "cpu": model,
         "cores": cores,
         "flags": flags,
+        # The int8 scheme this CPU wants (models.export.isa): a bundle made for another one is
+        # slower or less accurate here, and the server warns about it at load.
+        "isa": detect_isa(cpuinfo),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -232,7 +236,8 @@ def markdown(report: BenchReport) -> str:
     machine = meta["machine"]
     lines += [
         f"- date: {meta['date']}; commit: `{meta['commit']}`",
-        f"- machine: {machine['cpu']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}",
+        f"- machine: {machine['cpu']}, {machine['cores']} cores, flags {' '.join(machine['flags'])}"
+        f" (int8 scheme: {machine.get('isa', 'unknown')})",
         f"- load average at start/end: {meta['load_average_start']} / {meta.get('load_average_end')}",
         f"- command: `{meta['command']}`",
         "",

@@ -217,6 +217,9 @@ class _PerRowRewriter:
         y = Reshape(y2, shape(x)[:-1] + [N])
 
     Gemms are MatMul + Add by then: the Gather step's ``quantize_dynamic`` rewrites them.
+    A fused graph's (``--optimize``) ``Attention`` nodes hold their query/key/value weights
+    inside and stay fp32 here (per-tensor scales would make them ``QAttention``): with per-row
+    scales, fusion quantizes fewer projections.
 
     The activation side is built once per input tensor and shared by its consumers (a layer's
     query, key and value projections read the same tensor).
