@@ -13,11 +13,19 @@ Two int8 schemes, chosen with ``export --activation-scales``; both quantize weig
   and the finer scale is at least as accurate (SST-2 student 87.04 vs 86.47; all-MiniLM-L6-v2
   int8-vs-fp32 cosine mean 0.995 / min 0.983 vs 0.990 / 0.956). It is built from
   ``QuantizeLinear`` per axis and ONNX Runtime's ``MatMulIntegerToFloat``, the row scales
-  applied by one ``Mul``; the cost is a few passes over the activations that ORT's fused
-  ``DynamicQuantizeMatMul`` does not make: 0.84-0.98x its speed on the student, in several
-  runs on a loaded 2-core machine (rerun ``distilserve eval --speed-rounds`` on a quiet one).
+  applied by one ``Mul``. The cost is the passes over the activations and outputs that ORT's
+  fused ``DynamicQuantizeMatMul`` does not make (row max/min, ``QuantizeLinear``, the row-scale
+  ``Mul``, a bias ``Add`` ORT no longer fuses). Measured with ``distilserve eval
+  --speed-rounds`` on a 2-core machine at load average 10 (ratios within one run only): the
+  SST-2 student 0.95x per-tensor's speed, all-MiniLM-L6-v2 on STS-B 0.74x; ORT's per-op kernel
+  time for MiniLM at one thread 0.89x. Rerun on a quiet machine before relying on a figure.
 
-Rejected, measured the same way (SST-2 student, one run): static activation scales calibrated
+The SST-2 student's figures come from its shipped int8 graph dequantized back to fp32 (its
+checkpoint was not at hand), then quantized each way.
+
+Rejected, measured with a one-off script (one ORT thread, the same dequantized student, SST-2
+dev alone vs random batches of 16, speed against the shipped bundle in the same run): static
+activation scales calibrated
 on 512 SST-2 train sentences (ORT ``quantize_static``, MinMax or 99.999th percentile, QDQ or
 QOperator) are batch invariant and 1.0-1.07x as fast, but lose 0.6-1.2 accuracy points
 (85.3-85.9 vs 86.5); weight-only ``MatMulNBits`` with 8 bits (block 32 or 128,
