@@ -52,9 +52,10 @@ async def test_int8_answers_are_the_same_alone_and_batched(tiny_int8_bundles: Bu
                 json={"model": "sentiment", "input": texts, "raw_scores": True, "top_k": None},
             )
             assert response.status_code == 200, response.text
+            # Every label's raw logit, in label-name order (the response lists them best first).
             return np.array(
                 [
-                    [label["score"] for label in sorted(item["labels"], key=lambda label: label["index"])]
+                    [label["score"] for label in sorted(item["labels"], key=lambda label: label["label"])]
                     for item in response.json()["data"]
                 ]
             )
