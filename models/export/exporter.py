@@ -95,7 +95,7 @@ SCHEME_REASONS: dict[ActivationScales, str] = {
     "per-row": (
         "per-row activation scales: each token is quantized from its own values, so a row's output "
         "is the same alone and in any batch (batch invariant), at per-tensor accuracy or better; "
-        "about 0.9x the speed of ONNX Runtime's per-tensor dynamic int8"
+        "0.74-0.95x the speed of ONNX Runtime's per-tensor dynamic int8 (MiniLM-L6, SST-2 student)"
     ),
     "per-tensor": (
         "per-tensor dynamic activation scales (ONNX Runtime quantize_dynamic): the fastest int8, "
