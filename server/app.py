@@ -62,6 +62,7 @@ def build_app(
         session_options=session_options(settings),
         metrics=metrics,
         warmup=settings.warmup,
+        calibrate=settings.calibrate_batching,
     )
     services = Services.build(settings, registry, metrics)
 

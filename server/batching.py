@@ -3,16 +3,18 @@
 Requests arrive as *jobs*: the model rows of one request (one per text, several for a long QA
 context). Rows wait in a queue; the scheduler cuts the queue, sorted by length, into the
 cheapest batches (``distilserve.models.batching.plan_groups``: padded tokens plus a fixed cost per batch,
-under ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens) and runs the one holding
-the oldest row, so nothing starves and padding stays small. A job completes when all of its
-rows have been computed, whatever batches they landed in.
+under ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens; the fixed cost is the
+``batch_overhead_tokens`` constant, or this model's calibrated cost, see ``use_cost``) and
+runs the one holding the oldest row, so nothing starves and padding stays small. A job
+completes when all of its rows have been computed, whatever batches they landed in.
 
 The batch runs on a dedicated inference thread, one per model: ONNX Runtime parallelises inside
 a batch with its own intra-op threads, so running two batches of one model at once would only
 make them fight over the cores. While a batch runs, new requests gather in the queue, which is
 what makes batches grow under load without any waiting. The scheduler waits (up to
 ``max_wait_ms``) only when a batch would be under-filled *and* more requests are already being
-tokenized for this model; an idle server answers a lone request at once.
+tokenized for this model (with a calibrated cost, at most one fixed cost of a run); an idle
+server answers a lone request at once.
 
 Rows of jobs whose deadline passed, or whose client left, are dropped before they are batched.
 """
@@ -25,9 +27,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from distilserve.models.batch_cost import BatchCost
 from distilserve.models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
 from distilserve.server import clock
 from distilserve.server.metrics import ServerMetrics
@@ -120,6 +123,33 @@ class DynamicBatcher:
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False
         self._running: list[QueuedRow] = []  # the batch on the inference thread now
+        # What the planner and the wait use: the policy's constants until ``use_cost`` replaces
+        # them with this model's calibrated figures.
+        self.limits = policy.limits
+        self.max_wait_s = policy.max_wait_ms / 1000.0
+        self.cost: BatchCost | None = None
+        self._report_costs()
+
+    def use_cost(self, cost: BatchCost) -> None:
+        """Plan with a calibrated cost: its fixed cost in tokens is the batch overhead, and an
+        under-filled batch waits at most one fixed cost (never more than ``max_wait_ms``).
+
+        Why one fixed cost: rows that arrive after a batch has started run in a batch of their
+        own, which costs one more fixed cost of inference-thread time; waiting longer than that
+        for them costs the rows already queued more than it saves.
+        """
+        self.cost = cost
+        self.limits = replace(self.policy.limits, batch_overhead_tokens=cost.overhead_tokens)
+        self.max_wait_s = min(self.policy.max_wait_ms / 1000.0, cost.fixed_s)
+        self._report_costs()
+
+    def _report_costs(self) -> None:
+        metrics = self._metrics
+        metrics.batch_overhead_tokens.labels(self.model).set(self.limits.batch_overhead_tokens)
+        metrics.batch_max_wait.labels(self.model).set(self.max_wait_s)
+        if self.cost is not None:
+            metrics.batch_fixed_cost.labels(self.model).set(self.cost.fixed_s)
+            metrics.batch_token_cost.labels(self.model).set(self.cost.per_token_s)
 
     # Lifecycle -------------------------------------------------------------------------------
 
@@ -231,13 +261,13 @@ class DynamicBatcher:
 
     def _underfilled_wait(self) -> float:
         """Seconds worth waiting for more rows before running a batch; 0 to run now."""
-        if self._incoming == 0 or self.policy.max_wait_ms <= 0:
+        if self._incoming == 0 or self.max_wait_s <= 0:
             return 0.0
-        limits = self.policy.limits
+        limits = self.limits
         if len(self._queue) >= limits.max_batch_size or self._queued_tokens >= limits.max_batch_tokens:
             return 0.0
         waited = time.monotonic() - self._queue[0].job.enqueued_at
-        return max(self.policy.max_wait_ms / 1000.0 - waited, 0.0)
+        return max(self.max_wait_s - waited, 0.0)
 
     def _drop_dead_rows(self) -> None:
         now = clock.now()
@@ -270,7 +300,7 @@ class DynamicBatcher:
         """
         anchor = self._queue[0]
         by_length = sorted(self._queue, key=lambda queued: queued.length)
-        groups = plan_groups([queued.length for queued in by_length], self.policy.limits)
+        groups = plan_groups([queued.length for queued in by_length], self.limits)
         position = next(index for index, queued in enumerate(by_length) if queued is anchor)
         start, end = next((start, end) for start, end in groups if start <= position < end)
         chosen = by_length[start:end]

@@ -135,6 +135,30 @@ class ServerMetrics:
             ["model"],
             registry=r,
         )
+        self.batch_overhead_tokens = Gauge(
+            "distilserve_batch_overhead_tokens",
+            "Fixed cost of one more batch, in padded tokens, as the batch planner uses it.",
+            ["model"],
+            registry=r,
+        )
+        self.batch_max_wait = Gauge(
+            "distilserve_batch_max_wait_seconds",
+            "Longest wait of an under-filled batch for requests being tokenized.",
+            ["model"],
+            registry=r,
+        )
+        self.batch_fixed_cost = Gauge(
+            "distilserve_batch_fixed_cost_seconds",
+            "Calibrated fixed cost of one model batch (only with --calibrate-batching).",
+            ["model"],
+            registry=r,
+        )
+        self.batch_token_cost = Gauge(
+            "distilserve_batch_token_cost_seconds",
+            "Calibrated cost of one padded token in a model batch (only with --calibrate-batching).",
+            ["model"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "distilserve_model_info",
             "Served models (value 1), with their task and quantization.",

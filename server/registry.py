@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distilserve.models import ModelRuntime, SessionOptions, load_model
+from distilserve.models.batch_cost import calibrate_batch_cost
 from distilserve.models.bundle import Task
 from distilserve.models.tasks import QAInput
 from distilserve.server import clock
@@ -23,6 +24,13 @@ logger = logging.getLogger(__name__)
 # A short sentence per task, run once per model before the server reports ready, so the first
 # real request does not pay for ONNX Runtime's lazy initialisation.
 WARMUP_TEXT = "Warm-up sentence for the model."
+
+
+def calibration_token_id(runtime: ModelRuntime) -> int:
+    """An ordinary token to fill calibration rows with (any id but padding computes the same)."""
+    vocab_size: int = runtime.tokenizer.vocab_size
+    candidate = min(1000, vocab_size - 1)
+    return candidate if candidate != runtime.tokenizer.pad_token_id else max(candidate - 1, 0)
 
 
 @dataclass(slots=True)
@@ -46,12 +54,14 @@ class ModelRegistry:
         session_options: SessionOptions,
         metrics: ServerMetrics,
         warmup: bool = True,
+        calibrate: bool = False,
     ) -> None:
         self.specs = list(specs)
         self.policy = policy
         self.session_options = session_options
         self.metrics = metrics
         self.warmup = warmup
+        self.calibrate = calibrate
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         # Set on SIGTERM: /health/ready answers 503 while requests are still served (the drain).
@@ -71,6 +81,8 @@ class ModelRegistry:
             self.metrics.model_info.labels(spec.name, manifest.task, manifest.quantization.mode).set(1)
             if self.warmup:
                 await self._warm_up(served)
+            if self.calibrate:
+                await self._calibrate(served)
             logger.info(
                 "model ready",
                 extra={
@@ -89,6 +101,41 @@ class ModelRegistry:
             item = QAInput(question="What is this?", context=WARMUP_TEXT)
         prepared = served.runtime.prepare(item)
         await served.batcher.run_rows(prepared.rows, deadline=clock.now() + 60.0)
+
+    async def _calibrate(self, served: ServedModel) -> None:
+        """Fit the model's batch cost before it takes traffic (the server is not ready yet, so
+        nothing else is using the cores); on a failed fit, keep the constants and say so."""
+        runtime = served.runtime
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            cost, timings = await loop.run_in_executor(
+                None,
+                lambda: calibrate_batch_cost(
+                    runtime.forward,
+                    max_width=runtime.manifest.max_length,
+                    token_id=calibration_token_id(runtime),
+                ),
+            )
+        except ValueError as exc:
+            logger.warning(
+                "batch cost calibration failed; using the constant batch overhead",
+                extra={"model": served.name, "error": str(exc)},
+            )
+            return
+        served.batcher.use_cost(cost)
+        logger.info(
+            "batch cost calibrated",
+            extra={
+                "model": served.name,
+                "fixed_cost_ms": round(cost.fixed_s * 1000, 4),
+                "token_cost_us": round(cost.per_token_s * 1e6, 4),
+                "overhead_tokens": cost.overhead_tokens,
+                "max_wait_ms": round(served.batcher.max_wait_s * 1000, 4),
+                "shapes": len(timings),
+                "calibration_s": round(time.perf_counter() - started, 3),
+            },
+        )
 
     def abort_admitted(self) -> None:
         """Answer every admitted request 503 shutting_down now (shutdown's grace is ending)."""

@@ -100,6 +100,15 @@ class ServerSettings(BaseSettings):
             "an idle server never waits"
         ),
     )
+    calibrate_batching: bool = Field(
+        False,
+        description=(
+            "at start-up, time a few batch shapes per model and fit its fixed cost per batch and cost "
+            "per padded token; the planner then uses that fixed cost (in tokens) instead of "
+            "--batch-overhead-tokens, and an under-filled batch waits at most one fixed cost (and "
+            "never more than --max-wait-ms); the figures are in /info and /metrics"
+        ),
+    )
 
     # Admission and limits.
     max_queue_requests: int = Field(

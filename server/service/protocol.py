@@ -24,6 +24,16 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "draining"]
 
 
+class ModelBatching(BaseModel):
+    """How this model's batcher plans: the figures it uses now, calibrated or constant."""
+
+    calibrated: bool
+    overhead_tokens: int
+    max_wait_ms: float
+    fixed_cost_ms: float | None
+    token_cost_us: float | None
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str
@@ -39,12 +49,13 @@ class ModelInfo(BaseModel):
     quantization: dict[str, object]
     parity: list[dict[str, object]]
     source: dict[str, object]
+    batching: ModelBatching
 
 
 class Info(BaseModel):
     version: str
     ready: bool
     models: list[ModelInfo]
-    batching: dict[str, float | int]
+    batching: dict[str, float | int | bool]
     limits: dict[str, float | int]
     versions: dict[str, str]

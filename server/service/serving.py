@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 
+from distilserve.server.batching import DynamicBatcher
 from distilserve.server.registry import ModelRegistry
-from distilserve.server.service.protocol import Info, ModelCard, ModelInfo, ModelList
+from distilserve.server.service.protocol import Info, ModelBatching, ModelCard, ModelInfo, ModelList
 from distilserve.server.settings import ServerSettings
 
 _REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
@@ -17,6 +18,17 @@ def package_version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def model_batching(batcher: DynamicBatcher) -> ModelBatching:
+    cost = batcher.cost
+    return ModelBatching(
+        calibrated=cost is not None,
+        overhead_tokens=batcher.limits.batch_overhead_tokens,
+        max_wait_ms=batcher.max_wait_s * 1000.0,
+        fixed_cost_ms=None if cost is None else cost.fixed_s * 1000.0,
+        token_cost_us=None if cost is None else cost.per_token_s * 1e6,
+    )
 
 
 class ServiceInfo:
@@ -55,6 +67,7 @@ class ServiceInfo:
                     quantization=manifest.quantization.model_dump(mode="json"),
                     parity=[check.model_dump(mode="json") for check in manifest.parity],
                     source=manifest.source.model_dump(mode="json"),
+                    batching=model_batching(served.batcher),
                 )
             )
         return Info(
@@ -65,6 +78,8 @@ class ServiceInfo:
                 "max_batch_size": settings.max_batch_size,
                 "max_batch_tokens": settings.max_batch_tokens,
                 "max_wait_ms": settings.max_wait_ms,
+                "batch_overhead_tokens": settings.batch_overhead_tokens,
+                "calibrate_batching": settings.calibrate_batching,
             },
             limits={
                 "max_queue_requests": settings.max_queue_requests,

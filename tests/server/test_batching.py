@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from distilserve.models.batch_cost import BatchCost
 from distilserve.models.batching import BatchLimits, EncodedRow
 from distilserve.server.batching import (
     DEFAULT_POLICY,
@@ -215,4 +216,50 @@ async def test_an_underfilled_batch_waits_for_requests_being_tokenized() -> None
     await arrival
     assert first == [(1, 5)]
     assert len(model.batches) == 1 and sorted(model.batches[0]) == [(1, 5), (2, 5)]
+    await batcher.stop()
+
+
+async def batches_after_a_held_one(
+    batcher: DynamicBatcher, model: FakeModel, lengths: list[int]
+) -> list[list[int]]:
+    """The batches ``lengths`` (queued together behind a held batch) are cut into."""
+    model.release.clear()
+    blocker = asyncio.ensure_future(batcher.run_rows([row(3, 99)], far()))
+    await model.until_entered()
+    pending = [asyncio.ensure_future(batcher.run_rows([row(length)], far())) for length in lengths]
+    await until(lambda: batcher.queued_rows == len(lengths), "every row queued behind the held batch")
+    model.release.set()
+    await asyncio.gather(blocker, *pending)
+    return sorted(sorted(length for _, length in batch) for batch in model.batches[1:])
+
+
+async def test_the_planner_uses_the_calibrated_fixed_cost() -> None:
+    """Three short rows and a long one: split while a run costs 32 tokens (the constant), one
+    batch once the calibrated fixed cost (1 ms at 1 us a token: 1000 tokens) outweighs the padding."""
+    constant_model = FakeModel()
+    constant = make_batcher(constant_model)
+    assert await batches_after_a_held_one(constant, constant_model, [4, 4, 4, 40]) == [[4, 4, 4], [40]]
+    await constant.stop()
+
+    calibrated_model = FakeModel()
+    calibrated = make_batcher(calibrated_model)
+    calibrated.use_cost(BatchCost(fixed_s=0.001, per_token_s=1e-6))
+    assert calibrated.limits.batch_overhead_tokens == 1000
+    assert await batches_after_a_held_one(calibrated, calibrated_model, [4, 4, 4, 40]) == [[4, 4, 4, 40]]
+    await calibrated.stop()
+
+
+async def test_a_calibrated_wait_is_one_fixed_cost_within_max_wait_ms() -> None:
+    batcher = make_batcher(FakeModel(), max_wait_ms=2.0)
+    registry = batcher._metrics.registry
+    assert registry.get_sample_value("distilserve_batch_overhead_tokens", {"model": "fake"}) == 32
+    assert registry.get_sample_value("distilserve_batch_fixed_cost_seconds", {"model": "fake"}) is None
+    batcher.use_cost(BatchCost(fixed_s=0.0005, per_token_s=1e-5))
+    assert batcher.max_wait_s == pytest.approx(0.0005)
+    assert registry.get_sample_value("distilserve_batch_max_wait_seconds", {"model": "fake"}) == 0.0005
+    assert registry.get_sample_value("distilserve_batch_fixed_cost_seconds", {"model": "fake"}) == 0.0005
+    assert registry.get_sample_value("distilserve_batch_token_cost_seconds", {"model": "fake"}) == 1e-5
+    assert registry.get_sample_value("distilserve_batch_overhead_tokens", {"model": "fake"}) == 50
+    batcher.use_cost(BatchCost(fixed_s=0.5, per_token_s=1e-5))
+    assert batcher.max_wait_s == pytest.approx(0.002)  # never longer than --max-wait-ms
     await batcher.stop()

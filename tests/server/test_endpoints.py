@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 
 from distilserve.models import load_model
 from distilserve.models.tasks import ClassifyParams, EmbedParams, QAInput, QAParams
-from tests.server.conftest import BundleMap
+from tests.server.conftest import BundleMap, metric, running_app, state_of
 
 TEXTS = ["the film was wonderful", "The service was awful, slow and boring from start to finish.", "Ok."]
 CONTEXT = (
@@ -169,3 +170,41 @@ async def test_service_routes(app_client: tuple[FastAPI, httpx.AsyncClient]) -> 
     assert docs.status_code == 200
     schema = (await client.get("/openapi.json")).json()
     assert {"/v1/classify", "/predict", "/v1/answer", "/v1/embeddings", "/embed"} <= set(schema["paths"])
+
+
+async def test_calibrated_batching_reports_sane_costs_and_plans_with_them(model_args: list[str]) -> None:
+    """--calibrate-batching on the tiny models: finite, positive costs per model, in /info, in
+    /metrics, and the overhead the planner uses is the calibrated one."""
+    async with running_app(model_args, calibrate_batching=True) as (app, client):
+        info = (await client.get("/info")).json()
+        assert info["batching"]["calibrate_batching"] is True
+        for model in info["models"]:
+            batching = model["batching"]
+            assert batching["calibrated"] is True, model["name"]
+            assert math.isfinite(batching["fixed_cost_ms"]) and batching["fixed_cost_ms"] >= 0
+            assert math.isfinite(batching["token_cost_us"]) and batching["token_cost_us"] > 0
+            batcher = state_of(app).registry.models[model["name"]].batcher
+            assert batcher.cost is not None
+            assert batching["overhead_tokens"] == batcher.limits.batch_overhead_tokens
+            assert batcher.limits.batch_overhead_tokens == batcher.cost.overhead_tokens
+            assert batching["max_wait_ms"] <= 2.0
+            assert metric(app, "distilserve_batch_token_cost_seconds", model=model["name"]) == pytest.approx(
+                batcher.cost.per_token_s
+            )
+        response = await client.post("/v1/classify", json={"input": "the film was wonderful"})
+        assert response.status_code == 200
+
+
+async def test_uncalibrated_batching_reports_the_constants(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = app_client
+    info = (await client.get("/info")).json()
+    for model in info["models"]:
+        assert model["batching"] == {
+            "calibrated": False,
+            "overhead_tokens": 32,
+            "max_wait_ms": 2.0,
+            "fixed_cost_ms": None,
+            "token_cost_us": None,
+        }
