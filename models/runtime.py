@@ -25,7 +25,7 @@ from distilserve.models.batching import (
     plan_batches,
 )
 from distilserve.models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
-from distilserve.models.errors import BundleError
+from distilserve.models.errors import BundleError, InputError
 from distilserve.models.export.isa import Isa, detect_isa, log_isa_fit
 from distilserve.models.session import OnnxSession, SessionOptions
 from distilserve.models.tasks import Prepared, TaskProcessor, processor_for
@@ -57,6 +57,13 @@ class ModelRuntime:
 
     def prepare(self, item: Any, params: Any = None) -> Prepared:
         return self.processor.prepare(item, self.processor.default_params() if params is None else params)
+
+    def prepare_each(self, items: Sequence[Any], params: Any = None) -> list[Prepared | InputError]:
+        """``prepare`` over several items in one tokenizer call where the task allows it; an
+        item the model cannot take gets its ``InputError`` in its place instead of raising."""
+        return self.processor.prepare_each(
+            items, self.processor.default_params() if params is None else params
+        )
 
     def forward(self, rows: Sequence[EncodedRow]) -> Sequence[Any]:
         """Run one padded batch of rows; returns one output per row, in order."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -81,6 +82,15 @@ class ThreadSafeTokenizer:
     ) -> Encoding:
         """Encode one text (or a pair) with special tokens. Overflow, if any, is in ``.overflowing``."""
         return self._tokenizer(truncation).encode(text, pair, add_special_tokens=True)
+
+    def encode_batch(
+        self, texts: Sequence[str], *, truncation: TruncationConfig = TruncationConfig()
+    ) -> list[Encoding]:
+        """Encode several single texts in one call (the same encodings as ``encode`` one by one)."""
+        encodings: list[Encoding] = self._tokenizer(truncation).encode_batch(
+            list(texts), add_special_tokens=True
+        )
+        return encodings
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens, special tokens included, with no truncation."""

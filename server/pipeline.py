@@ -6,11 +6,19 @@ post-processing run on the model's own thread pool (its CPU lane), never on the 
 one model's large requests queue behind each other and never in front of another model's; rows
 go to the model's dynamic batcher (``distilserve.server.batching``). Admission, deadlines and disconnects
 are the HTTP side's (``distilserve.server.admission``); this module only sees the deadline they set.
+
+Three settings trade thread hops against work on the event loop (each keeps the results,
+errors, deadlines and metrics of the default path): ``tokenize_inline_chars`` tokenizes a
+request of one short text on the loop (microseconds, cheaper than two thread hops);
+``coalesce_tokenization`` hands every request that arrived in one turn of the loop to the lane
+in one call (one hop and one executor future per group, not per request); ``tokenize_batch``
+encodes a request's texts in one ``encode_batch`` call instead of one call each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +28,7 @@ from typing import Any
 from distilserve.models import ModelRuntime
 from distilserve.models.bundle import Task
 from distilserve.models.errors import InputError
-from distilserve.models.tasks import Prepared
+from distilserve.models.tasks import Prepared, QAInput
 from distilserve.server.admission import RETRY_AFTER_S, RequestContext
 from distilserve.server.batching import (
     BatcherClosedError,
@@ -49,7 +57,11 @@ class InferencePipeline:
         self.registry = registry
         self.metrics = metrics
         self.cpu_threads = settings.cpu_threads
+        self.tokenize_inline_chars = settings.tokenize_inline_chars
+        self.coalesce_tokenization = settings.coalesce_tokenization
+        self.tokenize_batch = settings.tokenize_batch
         self._lanes: dict[str, ThreadPoolExecutor] = {}
+        self._coalescers: dict[str, TokenizeCoalescer] = {}
 
     def lane(self, model: str) -> ThreadPoolExecutor:
         """The threads that tokenize and post-process ``model``'s requests (made on first use)."""
@@ -102,7 +114,7 @@ class InferencePipeline:
         with served.batcher.incoming():
             started = time.perf_counter()
             try:
-                prepared = await loop.run_in_executor(lane, _prepare_all, runtime, items, params, param)
+                prepared = await self._prepare(served, items, params, param)
             finally:
                 self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
         rows = [row for item in prepared for row in item.rows]
@@ -147,6 +159,24 @@ class InferencePipeline:
         served = self.registry.resolve(model, task)
         return served, await self.run_items(served, texts, params, context, param=param)
 
+    async def _prepare(
+        self, served: ServedModel, items: Sequence[Any], params: Any, param: str
+    ) -> list[Prepared]:
+        """Tokenize on the loop, in a coalesced group, or alone on the lane (see the module doc)."""
+        inline = self.tokenize_inline_chars
+        if inline and len(items) == 1 and _item_chars(items[0]) <= inline:
+            return _prepare_all(served.runtime, items, params, param, self.tokenize_batch)
+        if self.coalesce_tokenization:
+            coalescer = self._coalescers.get(served.name)
+            if coalescer is None:
+                coalescer = TokenizeCoalescer(served.runtime, self.lane(served.name), self.tokenize_batch)
+                self._coalescers[served.name] = coalescer
+            return await coalescer.prepare(items, params, param)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.lane(served.name), _prepare_all, served.runtime, items, params, param, self.tokenize_batch
+        )
+
     def _check_deadline(self, context: RequestContext, stage: str) -> None:
         try:
             context.check_deadline(stage)
@@ -159,16 +189,107 @@ class InferencePipeline:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _prepare_all(runtime: ModelRuntime, items: Sequence[Any], params: Any, param: str) -> list[Prepared]:
-    prepared = []
-    for index, item in enumerate(items):
+class TokenizeCoalescer:
+    """Tokenizes the requests that arrive in one turn of the event loop in one lane call.
+
+    The first request of a turn schedules a flush (``call_soon``); every request queued before
+    it runs joins the group, and the whole group is one ``run_in_executor`` call, so under load
+    a request costs no thread hop and no executor future of its own. Each request still gets
+    its own results, or its own error, exactly as ``_prepare_all`` gives them.
+    """
+
+    def __init__(self, runtime: ModelRuntime, lane: ThreadPoolExecutor, use_batch: bool) -> None:
+        self.runtime = runtime
+        self.lane = lane
+        self.use_batch = use_batch
+        self._pending: list[tuple[_Request, asyncio.Future[list[Prepared]]]] = []
+
+    async def prepare(self, items: Sequence[Any], params: Any, param: str) -> list[Prepared]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Prepared]] = loop.create_future()
+        self._pending.append(((items, params, param), future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush, loop)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        group, self._pending = self._pending, []
         try:
-            prepared.append(runtime.prepare(item, params))
-        except InputError as exc:
+            work = loop.run_in_executor(
+                self.lane, _prepare_group, self.runtime, [request for request, _ in group], self.use_batch
+            )
+        except RuntimeError as exc:  # the lane is shut down: the server is stopping
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        work.add_done_callback(lambda done: _deliver(group, done))
+
+
+_Request = tuple[Sequence[Any], Any, str]
+
+
+def _prepare_group(
+    runtime: ModelRuntime, requests: Sequence[_Request], use_batch: bool
+) -> list[list[Prepared] | BaseException]:
+    results: list[list[Prepared] | BaseException] = []
+    for items, params, param in requests:
+        try:
+            results.append(_prepare_all(runtime, items, params, param, use_batch))
+        except Exception as exc:  # each request gets its own error, as on its own
+            results.append(exc)
+    return results
+
+
+def _deliver(
+    group: Sequence[tuple[_Request, asyncio.Future[list[Prepared]]]],
+    done: asyncio.Future[list[list[Prepared] | BaseException]],
+) -> None:
+    error = asyncio.CancelledError() if done.cancelled() else done.exception()
+    if error is not None:
+        for _, future in group:
+            if not future.done():
+                future.set_exception(error)
+        return
+    for (_, future), result in zip(group, done.result(), strict=True):
+        if future.done():  # the request left (cancelled) while its group was tokenized
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _item_chars(item: Any) -> int:
+    """Characters of an item, to decide whether tokenizing it on the loop is cheap."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, QAInput):
+        return len(item.question) + len(item.context)
+    return sys.maxsize
+
+
+def _prepare_all(
+    runtime: ModelRuntime, items: Sequence[Any], params: Any, param: str, use_batch: bool = False
+) -> list[Prepared]:
+    if use_batch and len(items) > 1:
+        results = runtime.prepare_each(items, params)
+    else:
+        results = []
+        for item in items:
+            try:
+                results.append(runtime.prepare(item, params))
+            except InputError as exc:
+                results.append(exc)
+                break  # one by one, the first bad item ends the work
+    prepared = []
+    for index, result in enumerate(results):
+        if isinstance(result, InputError):
             # Name the offending item the way the client wrote it: input[3].
             where = f"{param}[{index}]" if len(items) > 1 else param
-            exc.param = f"{where}.{exc.param}" if exc.param and exc.param != param else where
-            raise
+            result.param = f"{where}.{result.param}" if result.param and result.param != param else where
+            raise result
+        prepared.append(result)
     return prepared
 
 

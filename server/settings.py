@@ -202,6 +202,26 @@ class ServerSettings(BaseSettings):
             "model has its own, so one model's large requests never delay another's"
         ),
     )
+    tokenize_inline_chars: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description=(
+            "a request of one item of at most this many characters is tokenized on the event loop "
+            "rather than on the model's CPU threads (two thread hops saved; 0: never)"
+        ),
+    )
+    coalesce_tokenization: bool = Field(
+        False,
+        description=(
+            "hand the requests that arrive together to the model's CPU threads in one call (one "
+            "thread hop per group instead of one per request)"
+        ),
+    )
+    tokenize_batch: bool = Field(
+        False,
+        description="tokenize a request's texts with one encode_batch call instead of one call per text",
+    )
     allow_spinning: bool = Field(
         True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"
     )

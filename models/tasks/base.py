@@ -18,6 +18,7 @@ import numpy as np
 
 from distilserve.models.batching import BatchArrays, EncodedRow
 from distilserve.models.bundle import Manifest, Task
+from distilserve.models.errors import InputError
 from distilserve.models.tokenization import ThreadSafeTokenizer
 
 ItemT = TypeVar("ItemT")
@@ -48,6 +49,18 @@ class TaskProcessor(ABC, Generic[ItemT, ParamsT, ResultT]):
     @abstractmethod
     def prepare(self, item: ItemT, params: ParamsT) -> Prepared:
         """Tokenize one item. Raises ``InputError`` for input the model cannot take."""
+
+    def prepare_each(self, items: Sequence[ItemT], params: ParamsT) -> list[Prepared | InputError]:
+        """Tokenize several items, one result per item in order: its ``Prepared``, or the
+        ``InputError`` that ``prepare`` raises for it. Tasks that can encode a list in one
+        tokenizer call override this; the results are the same as ``prepare`` one by one."""
+        results: list[Prepared | InputError] = []
+        for item in items:
+            try:
+                results.append(self.prepare(item, params))
+            except InputError as exc:
+                results.append(exc)
+        return results
 
     @abstractmethod
     def split_outputs(self, outputs: dict[str, np.ndarray], batch: BatchArrays) -> Sequence[Any]:

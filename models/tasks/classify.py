@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from tokenizers import Encoding
 
 from distilserve.models.batching import BatchArrays, EncodedRow
 from distilserve.models.bundle import ProblemType, Task
@@ -54,21 +55,54 @@ def activation(logits: np.ndarray, problem_type: ProblemType | None) -> np.ndarr
     return softmax(logits)
 
 
-def encode_single_text(processor: TaskProcessor[str, Any, Any], text: str, truncate: bool) -> Prepared:
-    """Tokenize one text for a one-row task, enforcing the bundle's length limit."""
+def _check_text(text: object) -> None:
     if not isinstance(text, str):
         raise InputError(f"expected a string, got {type(text).__name__}")
     if not text.strip():
         raise InputError("input text is empty")
-    limit = processor.manifest.max_length
-    if truncate:
-        encoding = processor.tokenizer.encode(text, truncation=TruncationConfig(max_length=limit))
-    else:
-        encoding = processor.tokenizer.encode(text)
-        if len(encoding.ids) > limit:
-            raise InputTooLongError(len(encoding.ids), limit)
+
+
+def _single_row(encoding: Encoding, limit: int, truncate: bool) -> Prepared:
+    if not truncate and len(encoding.ids) > limit:
+        raise InputTooLongError(len(encoding.ids), limit)
     row = EncodedRow(input_ids=encoding.ids, token_type_ids=encoding.type_ids)
     return Prepared(rows=[row], context=None, num_tokens=len(row))
+
+
+def _truncation(limit: int, truncate: bool) -> TruncationConfig:
+    return TruncationConfig(max_length=limit) if truncate else TruncationConfig()
+
+
+def encode_single_text(processor: TaskProcessor[str, Any, Any], text: str, truncate: bool) -> Prepared:
+    """Tokenize one text for a one-row task, enforcing the bundle's length limit."""
+    _check_text(text)
+    limit = processor.manifest.max_length
+    encoding = processor.tokenizer.encode(text, truncation=_truncation(limit, truncate))
+    return _single_row(encoding, limit, truncate)
+
+
+def encode_single_texts(
+    processor: TaskProcessor[str, Any, Any], texts: Sequence[str], truncate: bool
+) -> list[Prepared | InputError]:
+    """``encode_single_text`` over a list, with one tokenizer call for all the valid texts."""
+    results: list[Prepared | InputError | None] = [None] * len(texts)
+    valid: list[int] = []
+    for index, text in enumerate(texts):
+        try:
+            _check_text(text)
+            valid.append(index)
+        except InputError as exc:
+            results[index] = exc
+    limit = processor.manifest.max_length
+    encodings = processor.tokenizer.encode_batch(
+        [texts[index] for index in valid], truncation=_truncation(limit, truncate)
+    )
+    for index, encoding in zip(valid, encodings, strict=True):
+        try:
+            results[index] = _single_row(encoding, limit, truncate)
+        except InputError as exc:
+            results[index] = exc
+    return [result for result in results if result is not None]
 
 
 class ClassifyProcessor(TaskProcessor[str, ClassifyParams, list[LabelScore]]):
@@ -79,6 +113,9 @@ class ClassifyProcessor(TaskProcessor[str, ClassifyParams, list[LabelScore]]):
 
     def prepare(self, item: str, params: ClassifyParams) -> Prepared:
         return encode_single_text(self, item, params.truncate)
+
+    def prepare_each(self, items: Sequence[str], params: ClassifyParams) -> list[Prepared | InputError]:
+        return encode_single_texts(self, items, params.truncate)
 
     def split_outputs(self, outputs: dict[str, np.ndarray], batch: BatchArrays) -> Sequence[np.ndarray]:
         logits = outputs["logits"].astype(np.float32, copy=False)

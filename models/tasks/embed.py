@@ -10,8 +10,9 @@ import numpy as np
 
 from distilserve.models.batching import BatchArrays
 from distilserve.models.bundle import Task
+from distilserve.models.errors import InputError
 from distilserve.models.tasks.base import Prepared, TaskProcessor
-from distilserve.models.tasks.classify import encode_single_text
+from distilserve.models.tasks.classify import encode_single_text, encode_single_texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ class EmbedProcessor(TaskProcessor[str, EmbedParams, np.ndarray]):
 
     def prepare(self, item: str, params: EmbedParams) -> Prepared:
         return encode_single_text(self, item, params.truncate)
+
+    def prepare_each(self, items: Sequence[str], params: EmbedParams) -> list[Prepared | InputError]:
+        return encode_single_texts(self, items, params.truncate)
 
     def split_outputs(self, outputs: dict[str, np.ndarray], batch: BatchArrays) -> Sequence[np.ndarray]:
         hidden = outputs["last_hidden_state"].astype(np.float32, copy=False)
