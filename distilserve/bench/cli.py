@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distilserve.bench.baselines import ceiling
@@ -48,7 +48,7 @@ from distilserve.bench.client import ClientKind, HttpClient, make_client, requir
 from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
 from distilserve.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
 from distilserve.bench.overload import OverloadPlan, describe, overload_runs
-from distilserve.bench.report import DISTILSERVE, PYTORCH, BenchReport, SweepPoint, markdown
+from distilserve.bench.report import DISTILSERVE, IN_PROCESS, PYTORCH, BenchReport, SweepPoint, markdown
 from distilserve.bench.server_metrics import scrape_server_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from distilserve.bench.workloads import (
@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     serve_args: list[str] = Field(
         default_factory=list, description="extra arguments for `distilserve serve` (e.g. --max-wait-ms=1)"
     )
+    serve_variants: list[str] = Field(
+        default_factory=list,
+        description=(
+            "measure distilserve once per variant, each a server of its own with these extra flags, "
+            "written without their dashes and separated by spaces ('calibrate-batching', "
+            "'intra-op-threads=1 no-allow-spinning'; 'baseline' for none); every variant gets the "
+            "levels, the sweep and its ratios to the ceiling; the first is the one the other "
+            "baselines are compared with"
+        ),
+    )
     data_dir: Path = Field(default_factory=default_data_dir, description="folder of the data sets")
     work_dir: Path = Field(Path(".distilserve/bench"), description="server logs and prepared baseline models")
     output: Path = Field(Path(".distilserve/bench/results.json"), description="the JSON report")
@@ -171,6 +181,21 @@ class Settings(BaseSettings):
         if value is not None:
             require_loopback(value)
         return value.rstrip("/") if value else value
+
+    @field_validator("serve_variants")
+    @classmethod
+    def _variants(cls, value: list[str]) -> list[str]:
+        for variant in value:
+            server_flags(variant)  # raises on a malformed one
+        if len(set(map(variant_label, value))) != len(value):
+            raise ValueError("serve variants must differ")
+        return value
+
+    @model_validator(mode="after")
+    def _variants_need_own_servers(self) -> Settings:
+        if self.url is not None and self.serve_variants:
+            raise ValueError("--serve-variants starts its own servers; it cannot be used with --url")
+        return self
 
     @field_validator("concurrency")
     @classmethod
@@ -188,6 +213,26 @@ class Settings(BaseSettings):
     @property
     def bounds(self) -> Bounds:
         return Bounds(self.requests, self.duration_s, self.warmup_requests)
+
+
+BASELINE_VARIANT = "baseline"
+
+
+def server_flags(variant: str) -> list[str]:
+    """``"calibrate-batching intra-op-threads=1"`` -> ``["--calibrate-batching", "--intra-op-threads=1"]``."""
+    words = variant.split()
+    if words == [BASELINE_VARIANT] or not words:
+        return []
+    for word in words:
+        if word.startswith("-") or word == BASELINE_VARIANT:
+            raise ValueError(f"serve variant {variant!r}: write flags without dashes (e.g. 'max-wait-ms=1')")
+    return [f"--{word}" for word in words]
+
+
+def variant_label(variant: str) -> str:
+    """The report's target name of a server variant: ``distilserve`` or ``distilserve [flags]``."""
+    flags = " ".join(variant.split())
+    return DISTILSERVE if not flags or flags == BASELINE_VARIANT else f"{DISTILSERVE} [{flags}]"
 
 
 @dataclass
@@ -353,7 +398,12 @@ async def _sweep(
 
 
 async def _overload(
-    client: HttpClient, settings: Settings, report: BenchReport, planned: Sequence[Planned], url: str
+    client: HttpClient,
+    settings: Settings,
+    report: BenchReport,
+    planned: Sequence[Planned],
+    url: str,
+    target: str = DISTILSERVE,
 ) -> None:
     if not planned:
         report.notes.append("overload: not measured: no workload")
@@ -371,7 +421,7 @@ async def _overload(
         url,
         plan,
         settings.bounds,
-        target=DISTILSERVE,
+        target=target,
         workload=item.workload.name,
     )
     for run_result in runs:
@@ -395,40 +445,62 @@ def phase_distilserve(
     planned: Sequence[Planned],
     sweep: Sweep | None,
 ) -> None:
+    """distilserve, once per ``--serve-variants`` entry (or once, as configured), one server at a time."""
+    variants = settings.serve_variants or [BASELINE_VARIANT]
+    for index, variant in enumerate(variants):
+        label = variant_label(variant)
+        report.variants[label] = [*settings.serve_args, *server_flags(variant)]
+        _measure_distilserve(settings, report, planned, sweep, variant, label, first=index == 0)
+
+
+def _measure_distilserve(
+    settings: Settings,
+    report: BenchReport,
+    planned: Sequence[Planned],
+    sweep: Sweep | None,
+    variant: str,
+    label: str,
+    *,
+    first: bool,
+) -> None:
     server: ManagedServer | None = None
     url = settings.url
     if url is None:
         models: dict[str, Path] = {item.kind: item.bundle for item in planned}
         if sweep is not None:
             models.setdefault(sweep.kind, sweep.bundle)
-        server = distilserve_server(models, settings.work_dir / "logs", settings.serve_args)
+        log_name = "distilserve.log" if first else f"distilserve-{len(report.variants)}.log"
+        server = distilserve_server(
+            models,
+            settings.work_dir / "logs",
+            [*settings.serve_args, *server_flags(variant)],
+            log_name=log_name,
+        )
         url = server.url
 
     async def measure(target_url: str) -> None:
         client = make_client(settings.client, target_url)
         if settings.overload:
             try:
-                await _overload(client, settings, report, planned, target_url)
+                await _overload(client, settings, report, planned, target_url, label)
             finally:
                 await client.aclose()
             return
         try:
             for item in planned:
-                report.runs += await _levels(
-                    client, settings, item.workload, DISTILSERVE, metrics_url=target_url
-                )
+                report.runs += await _levels(client, settings, item.workload, label, metrics_url=target_url)
             if sweep is not None:
-                runs, points = await _sweep(client, settings, sweep.workloads, f"{DISTILSERVE} (HTTP)")
+                runs, points = await _sweep(client, settings, sweep.workloads, f"{label} (HTTP)")
                 report.runs += runs
                 report.sweep += points
         finally:
             await client.aclose()
-        if settings.compare_clients and planned:
+        if settings.compare_clients and planned and first:
             other: ClientKind = "httpx" if settings.client == "raw" else "raw"
             client = make_client(other, target_url)
             try:
                 report.runs += await _levels(
-                    client, settings, planned[0].workload, f"{DISTILSERVE} ({other} client)", concurrency=[32]
+                    client, settings, planned[0].workload, f"{label} ({other} client)", concurrency=[32]
                 )
             finally:
                 await client.aclose()
@@ -462,7 +534,7 @@ def phase_ceiling(
                 requests=settings.sweep_requests,
                 max_duration_s=settings.duration_s,
             )
-            report.sweep.append(SweepPoint(workload.tokens[0], "in-process ORT (no HTTP)", latency))
+            report.sweep.append(SweepPoint(workload.tokens[0], IN_PROCESS, latency))
 
 
 def phase_pytorch(

@@ -38,6 +38,8 @@ INTERESTING_FLAGS = (
 AMX_PREFIX = "amx"
 DISTILSERVE = "distilserve"
 PYTORCH = "pytorch"
+IN_PROCESS = "in-process ORT (no HTTP)"
+HTTP_SUFFIX = " (HTTP)"
 
 
 def git_commit(repo: Path) -> str:
@@ -124,6 +126,8 @@ class BenchReport:
     sweep_skipped: list[int] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Target name of each distilserve server measured -> the extra `serve` flags it ran with.
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, repo: Path, argv: list[str]) -> BenchReport:
@@ -187,7 +191,21 @@ def _items(run: RunResult | None) -> float | None:
 def compute_ratios(report: BenchReport, at: int = 32) -> dict[str, float]:
     """The figures the targets are stated in, keyed ``<workload>.<what>``."""
     ratios: dict[str, float] = {}
+    other_variants = [label for label in report.variants if label != DISTILSERVE]
     for workload in report.workloads:
+        for label in other_variants:
+            # The same figures for each server variant, suffixed with its name.
+            variant_ceiling = report.ceiling_for(workload)
+            if variant_ceiling is not None:
+                ratios[f"{workload}.c{at}_vs_ceiling.{label}"] = _ratio(
+                    _items(report.closed_run(label, workload, at)), variant_ceiling.items_per_s
+                )
+                ratios[f"{workload}.best_vs_ceiling.{label}"] = _ratio(
+                    _items(report.best_closed(label, workload)), variant_ceiling.items_per_s
+                )
+            variant_single = report.closed_run(label, workload, 1)
+            if variant_single is not None:
+                ratios[f"{workload}.c1_p50_ms.{label}"] = variant_single.latency_ms["p50"]
         served = report.closed_run(DISTILSERVE, workload, at)
         best = report.best_closed(DISTILSERVE, workload)
         ceiling = report.ceiling_for(workload)
@@ -196,9 +214,10 @@ def compute_ratios(report: BenchReport, at: int = 32) -> dict[str, float]:
             ratios[f"{workload}.best_vs_ceiling"] = _ratio(_items(best), ceiling.items_per_s)
         for target in report.targets(workload):
             if target.startswith(DISTILSERVE):
-                # The same server with another client is a measure of the client, not a baseline.
+                # Variants are above; the same server with another client is a measure of the
+                # client, not a baseline.
                 other_client = report.closed_run(target, workload, at)
-                if other_client is not None and served is not None:
+                if other_client is not None and served is not None and target.endswith(" client)"):
                     ratios[f"{workload}.c{at}_client_cpu_ms_per_request.{target}"] = (
                         other_client.client_cpu_ms_per_request
                     )
@@ -220,13 +239,58 @@ def compute_ratios(report: BenchReport, at: int = 32) -> dict[str, float]:
             if ceiling is not None and report.workloads[workload].get("flops_per_item"):
                 useful = ceiling.items_per_s * report.workloads[workload]["flops_per_item"] / 1e9
                 ratios[f"{workload}.ceiling_useful_gops_share_of_peak"] = useful / peak
+    ratios.update(http_overhead(report))
     return ratios
+
+
+def http_overhead(report: BenchReport) -> dict[str, float]:
+    """Goal 3: the c=1 p50 over HTTP minus the in-process batch-1 p50 of the same sentence, per
+    sweep length and distilserve variant (``sweep.<length>.http_minus_in_process_p50_ms[.variant]``)."""
+    in_process = {
+        point.length: point.latency_ms["p50"] for point in report.sweep if point.target == IN_PROCESS
+    }
+    figures: dict[str, float] = {}
+    for point in report.sweep:
+        label = point.target.removesuffix(HTTP_SUFFIX)
+        if label == point.target or not label.startswith(DISTILSERVE) or point.length not in in_process:
+            continue
+        suffix = "" if label == DISTILSERVE else f".{label}"
+        figures[f"sweep.{point.length}.http_minus_in_process_p50_ms{suffix}"] = (
+            point.latency_ms["p50"] - in_process[point.length]
+        )
+    return figures
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:,.{digits}f}"
+
+
+def variants_table(report: BenchReport, at: int = 32) -> list[str]:
+    """One row per distilserve variant and workload: throughput, its share of the ceiling, c=1 p50."""
+    lines = [
+        "### distilserve variants (one server each, same workloads)",
+        "",
+        f"| variant | extra flags | workload | c={at} items/s | c={at} / ceiling | best / ceiling "
+        "| c=1 p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, flags in report.variants.items():
+        for workload in report.workloads:
+            served = report.closed_run(label, workload, at)
+            best = report.best_closed(label, workload)
+            single = report.closed_run(label, workload, 1)
+            ceiling = report.ceiling_for(workload)
+            ceiling_items = None if ceiling is None else ceiling.items_per_s
+            lines.append(
+                f"| {label} | `{' '.join(flags) or '-'}` | {workload} | {_fmt(_items(served))} "
+                f"| {_fmt(_ratio(_items(served), ceiling_items), 3)} "
+                f"| {_fmt(_ratio(_items(best), ceiling_items), 3)} "
+                f"| {_fmt(None if single is None else single.latency_ms['p50'], 2)} |"
+            )
+    lines.append("")
+    return lines
 
 
 def markdown(report: BenchReport) -> str:
@@ -296,6 +360,8 @@ def markdown(report: BenchReport) -> str:
                 f"| {extra['server_mean_tokenize_ms']:.2f} | {extra['server_mean_queue_wait_ms']:.2f} |"
             )
         lines.append("")
+    if len(report.variants) > 1:
+        lines += variants_table(report)
     if report.sweep:
         lengths = sorted({point.length for point in report.sweep})
         targets = list(dict.fromkeys(point.target for point in report.sweep))

@@ -136,7 +136,11 @@ class ManagedServer:
 
 
 def distilserve_server(
-    models: Mapping[str, Path], log_dir: Path, extra_args: Sequence[str] = ()
+    models: Mapping[str, Path],
+    log_dir: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    log_name: str = "distilserve.log",
 ) -> ManagedServer:
     """``distilserve serve`` for these bundles, exactly as a user starts it (its defaults)."""
     port = free_port()
@@ -145,5 +149,5 @@ def distilserve_server(
         argv += ["--model", f"{name}={bundle}"]
     argv += ["--no-build-default", "--log-format", "text", "--log-level", "warning", *extra_args]
     return ManagedServer(
-        "distilserve", argv, port=port, ready_path="/health/ready", log_path=log_dir / "distilserve.log"
+        "distilserve", argv, port=port, ready_path="/health/ready", log_path=log_dir / log_name
     )
