@@ -12,7 +12,6 @@ magnitude. ``calibrate_batch_cost`` times a few batch shapes through the real fo
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,8 +104,9 @@ def calibrate_batch_cost(
     repeats: int = CALIBRATION_REPEATS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[BatchCost, list[BatchTiming]]:
-    """Time ``forward`` on each shape (the median of ``repeats`` runs, after one untimed run)
-    and fit the cost. Widths are capped at ``max_width`` (the model's length limit)."""
+    """Time ``forward`` on each shape (the fastest of ``repeats`` runs, after one untimed run:
+    interference from other processes only ever adds time) and fit the cost. Widths are
+    capped at ``max_width`` (the model's length limit)."""
     timings: list[BatchTiming] = []
     for rows, width in shapes:
         width = max(1, min(width, max_width))
@@ -117,5 +117,5 @@ def calibrate_batch_cost(
             started = clock()
             forward(batch)
             runs.append(clock() - started)
-        timings.append(BatchTiming(rows, width, statistics.median(runs)))
+        timings.append(BatchTiming(rows, width, min(runs)))
     return fit_batch_cost(timings), timings

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from distilserve.models import SessionOptions
 from distilserve.models.batching import BatchLimits
+from distilserve.models.session import cpu_count
 from distilserve.server.admission import ClientDisconnectedError
 from distilserve.server.batching import BatchPolicy
 from distilserve.server.classify.api_router import router as classify_router
@@ -39,7 +40,11 @@ ROUTERS: tuple[APIRouter, ...] = (
 
 
 def session_options(settings: ServerSettings) -> SessionOptions:
-    return SessionOptions(intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
+    threads = settings.intra_op_threads
+    if threads == 0 and settings.workers > 1:
+        # N workers' thread pools on the same cores would fight; each gets its share.
+        threads = max(cpu_count() // settings.workers, 1)
+    return SessionOptions(intra_op_threads=threads, allow_spinning=settings.allow_spinning)
 
 
 def build_app(

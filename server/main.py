@@ -25,6 +25,7 @@ from distilserve.server.http_protocol import FastAnswers, guarded_protocol
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.services import Services
 from distilserve.server.settings import ModelSpec, ServerSettings
+from distilserve.server.workers import WorkerSupervisor
 
 __all__ = ["ServerSettings", "default_model_specs", "run"]
 
@@ -152,9 +153,18 @@ def run(settings: ServerSettings) -> int:
     if not specs:
         logger.error("no model to serve: pass --model NAME=BUNDLE_DIR (or allow --build-default)")
         return 2
+    if settings.workers > 1:
+        return WorkerSupervisor(settings, lambda sock: serve(settings, specs, [sock])).run()
+    return serve(settings, specs)
+
+
+def serve(
+    settings: ServerSettings, specs: list[ModelSpec], sockets: list[socket.socket] | None = None
+) -> int:
+    """One server process: on ``settings``' host and port, or on ``sockets`` (a worker's)."""
     app = build_app(settings, specs)
     server = uvicorn_server(app, settings)
     # SIGTERM and SIGINT: drain (not ready, still serving), stop accepting, finish admitted
     # requests, then run the lifespan's shutdown (which stops the batchers).
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1

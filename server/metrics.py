@@ -2,11 +2,29 @@
 
 Each app owns its own ``CollectorRegistry`` (not the process-global one), so several apps in
 one process (tests, or a library user embedding the server) never collide.
+
+With ``--workers N`` (``distilserve.server.workers``) every worker process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode) and ``/metrics``, whichever
+worker answers it, reports the sum over all of them: counters and histograms add up, the
+queue and in-flight gauges add up over live workers, and the per-worker figures (calibrated
+costs) carry a ``pid`` label.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -38,6 +56,8 @@ RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # Decided once: a worker of ``--workers N`` starts with the variable set.
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
         r = self.registry
         self.requests = Counter(
             "distilserve_requests",
@@ -77,17 +97,20 @@ class ServerMetrics:
             "distilserve_queue_depth",
             "Rows waiting for a batch.",
             ["model"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queue_tokens = Gauge(
             "distilserve_queue_tokens",
             "Tokens admitted and not yet computed.",
             ["model"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.inflight_requests = Gauge(
             "distilserve_inflight_requests",
             "Requests admitted and not yet answered.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.batch_size = Histogram(
@@ -139,29 +162,44 @@ class ServerMetrics:
             "distilserve_batch_overhead_tokens",
             "Fixed cost of one more batch, in padded tokens, as the batch planner uses it.",
             ["model"],
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.batch_max_wait = Gauge(
             "distilserve_batch_max_wait_seconds",
             "Longest wait of an under-filled batch for requests being tokenized.",
             ["model"],
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.batch_fixed_cost = Gauge(
             "distilserve_batch_fixed_cost_seconds",
             "Calibrated fixed cost of one model batch (only with --calibrate-batching).",
             ["model"],
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.batch_token_cost = Gauge(
             "distilserve_batch_token_cost_seconds",
             "Calibrated cost of one padded token in a model batch (only with --calibrate-batching).",
             ["model"],
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.model_info = Gauge(
             "distilserve_model_info",
             "Served models (value 1), with their task and quantization.",
             ["model", "task", "quantization"],
+            multiprocess_mode="livemax",
             registry=r,
         )
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def exposition(self) -> bytes:
+        """The text /metrics answers: this app's registry, or every worker's values in worker mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        collected = CollectorRegistry()
+        MultiProcessCollector(collected, path=self.multiprocess_dir)
+        return generate_latest(collected)

@@ -227,6 +227,16 @@ class ServerSettings(BaseSettings):
     )
 
     # Process.
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "server processes sharing the port, each with its own event loop, batchers and models "
+            "(N times the memory); with --intra-op-threads 0 each gets cores / N ONNX Runtime threads; "
+            "/metrics reports the sum over all of them"
+        ),
+    )
     warmup: bool = Field(True, description="run one batch per model before reporting ready")
     drain_s: float = Field(
         5.0,
