@@ -49,7 +49,7 @@ from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
 from distilserve.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
 from distilserve.bench.overload import OverloadPlan, describe, overload_runs
 from distilserve.bench.report import DISTILSERVE, IN_PROCESS, PYTORCH, BenchReport, SweepPoint, markdown
-from distilserve.bench.server_metrics import scrape_server_totals, server_side
+from distilserve.bench.server_metrics import scrape_batching, scrape_server_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from distilserve.bench.workloads import (
     Api,
@@ -479,6 +479,8 @@ def _measure_distilserve(
         url = server.url
 
     async def measure(target_url: str) -> None:
+        if batching := await scrape_batching(target_url):
+            report.batching[label] = batching
         client = make_client(settings.client, target_url)
         if settings.overload:
             try:

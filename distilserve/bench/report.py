@@ -128,6 +128,8 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
     # Target name of each distilserve server measured -> the extra `serve` flags it ran with.
     variants: dict[str, list[str]] = field(default_factory=dict)
+    # Target name -> model -> its batching figures from the server's /info (calibrated or not).
+    batching: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, repo: Path, argv: list[str]) -> BenchReport:
@@ -290,7 +292,22 @@ def variants_table(report: BenchReport, at: int = 32) -> list[str]:
                 f"| {_fmt(None if single is None else single.latency_ms['p50'], 2)} |"
             )
     lines.append("")
+    for label, models in report.batching.items():
+        for model, figures in models.items():
+            lines.append(f"- {label}, model {model}: {describe_batching(figures)}")
+    lines.append("")
     return lines
+
+
+def describe_batching(figures: dict[str, Any]) -> str:
+    if not figures.get("calibrated"):
+        return (
+            f"constant overhead {figures.get('overhead_tokens')} tokens, wait {figures.get('max_wait_ms')} ms"
+        )
+    return (
+        f"calibrated: fixed {figures['fixed_cost_ms']:.3f} ms + {figures['token_cost_us']:.3f} us per padded "
+        f"token, overhead {figures['overhead_tokens']} tokens, wait {figures['max_wait_ms']:.3f} ms"
+    )
 
 
 def markdown(report: BenchReport) -> str:

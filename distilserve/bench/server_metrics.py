@@ -7,6 +7,9 @@ have to provide. Prometheus text is parsed for those few histograms only.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from distilserve.bench.client import RawHttpClient
 
 # distilserve's own histograms, read from /metrics before and after each run: what its batches
@@ -45,6 +48,22 @@ async def scrape_server_totals(url: str | None) -> dict[str, float] | None:
     finally:
         await scraper.aclose()
     return parse_histogram_totals(body.decode()) if status == 200 else None
+
+
+async def scrape_batching(url: str) -> dict[str, dict[str, Any]]:
+    """Each served model's batching figures from ``url``/info (calibrated costs, overhead,
+    wait), so the report says what planner each server variant ran with; empty on no answer."""
+    scraper = RawHttpClient(url)
+    try:
+        status, body = await scraper.get("/info")
+    except OSError:
+        return {}
+    finally:
+        await scraper.aclose()
+    if status != 200:
+        return {}
+    models = json.loads(body).get("models", [])
+    return {model["name"]: model["batching"] for model in models if "batching" in model}
 
 
 def server_side(before: dict[str, float], after: dict[str, float], duration_s: float) -> dict[str, float]:

@@ -82,7 +82,22 @@ def test_each_variant_gets_its_ceiling_ratio_and_its_http_overhead(tmp_path: Pat
     assert ratios[f"sweep.16.http_minus_in_process_p50_ms.{CALIBRATED}"] == 0.25
     assert not any("pytorch" in key for key in ratios)
     assert not any("client_cpu" in key for key in ratios)  # a variant is not another client
+    report.batching = {
+        CALIBRATED: {
+            "classify": {
+                "calibrated": True,
+                "overhead_tokens": 80,
+                "max_wait_ms": 0.2,
+                "fixed_cost_ms": 0.2,
+                "token_cost_us": 2.5,
+            }
+        }
+    }
     table = markdown(report)
+    assert (
+        f"- {CALIBRATED}, model classify: calibrated: fixed 0.200 ms + 2.500 us per padded token, "
+        "overhead 80 tokens, wait 0.200 ms"
+    ) in table
     assert "### distilserve variants" in table
     assert (
         f"| {CALIBRATED} | `--calibrate-batching` | sst2-classify | 360.0 | 0.900 | 0.900 | 4.50 |" in table
@@ -135,3 +150,7 @@ def test_one_bench_run_measures_every_variant(
     ):
         assert key in ratios, key
     assert (tmp_path / "work" / "logs" / "distilserve-2.log").is_file()
+    # What each server planned with, from its /info: the constant, then the calibrated cost.
+    assert report["batching"]["distilserve"]["classify"]["calibrated"] is False
+    calibrated = report["batching"][label]["classify"]
+    assert calibrated["calibrated"] is True and calibrated["token_cost_us"] > 0
