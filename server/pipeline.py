@@ -12,7 +12,8 @@ errors, deadlines and metrics of the default path): ``tokenize_inline_chars`` to
 request of one short text on the loop (microseconds, cheaper than two thread hops);
 ``coalesce_tokenization`` hands every request that arrived in one turn of the loop to the lane
 in one call (one hop and one executor future per group, not per request); ``tokenize_batch``
-encodes a request's texts in one ``encode_batch`` call instead of one call each.
+encodes a request's texts in one ``encode_batch`` call instead of one call each (with
+coalescing, the whole group's texts in one call).
 """
 
 from __future__ import annotations
@@ -232,6 +233,8 @@ _Request = tuple[Sequence[Any], Any, str]
 def _prepare_group(
     runtime: ModelRuntime, requests: Sequence[_Request], use_batch: bool
 ) -> list[list[Prepared] | BaseException]:
+    if use_batch and len(requests) > 1:
+        return _prepare_group_in_one_call(runtime, requests)
     results: list[list[Prepared] | BaseException] = []
     for items, params, param in requests:
         try:
@@ -239,6 +242,39 @@ def _prepare_group(
         except Exception as exc:  # each request gets its own error, as on its own
             results.append(exc)
     return results
+
+
+def _prepare_group_in_one_call(
+    runtime: ModelRuntime, requests: Sequence[_Request]
+) -> list[list[Prepared] | BaseException]:
+    """The whole group's items in one ``prepare_each`` (one ``encode_batch``) per distinct
+    parameters, then cut back into requests, each with its own first error, as on its own."""
+    results: list[list[Prepared] | BaseException | None] = [None] * len(requests)
+    by_params: list[tuple[Any, list[int]]] = []
+    for index, (_, params, _) in enumerate(requests):
+        for known, members in by_params:
+            if known == params:
+                members.append(index)
+                break
+        else:
+            by_params.append((params, [index]))
+    for params, members in by_params:
+        flat = [item for member in members for item in requests[member][0]]
+        try:
+            each = runtime.prepare_each(flat, params)
+        except Exception as exc:  # not an input error: every request of the call shares it
+            for member in members:
+                results[member] = exc
+            continue
+        offset = 0
+        for member in members:
+            items, _, param = requests[member]
+            try:
+                results[member] = _first_error_or_all(each[offset : offset + len(items)], len(items), param)
+            except InputError as exc:
+                results[member] = exc
+            offset += len(items)
+    return [result for result in results if result is not None]
 
 
 def _deliver(
@@ -282,11 +318,15 @@ def _prepare_all(
             except InputError as exc:
                 results.append(exc)
                 break  # one by one, the first bad item ends the work
+    return _first_error_or_all(results, len(items), param)
+
+
+def _first_error_or_all(results: Sequence[Prepared | InputError], count: int, param: str) -> list[Prepared]:
+    """Raise the first item's error, named as the client wrote it (``input[3]``); else all."""
     prepared = []
     for index, result in enumerate(results):
         if isinstance(result, InputError):
-            # Name the offending item the way the client wrote it: input[3].
-            where = f"{param}[{index}]" if len(items) > 1 else param
+            where = f"{param}[{index}]" if count > 1 else param
             result.param = f"{where}.{result.param}" if result.param and result.param != param else where
             raise result
         prepared.append(result)

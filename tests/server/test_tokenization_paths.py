@@ -90,6 +90,7 @@ class FakeRuntime:
         self.release = threading.Event()
         self.release.set()
         self.entered = threading.Event()
+        self.batched_calls: list[tuple[list[str], Any]] = []
 
     def prepare(self, item: str, params: Any) -> Prepared:
         if item == "bad":
@@ -100,6 +101,16 @@ class FakeRuntime:
                 raise RuntimeError("the test never released the held item")
         row = EncodedRow(input_ids=[1] * len(item), token_type_ids=[0] * len(item))
         return Prepared(rows=[row], context=item, num_tokens=len(item))
+
+    def prepare_each(self, items: Sequence[str], params: Any) -> list[Prepared | InputError]:
+        self.batched_calls.append((list(items), params))
+        results: list[Prepared | InputError] = []
+        for item in items:
+            try:
+                results.append(self.prepare(item, params))
+            except InputError as exc:
+                results.append(exc)
+        return results
 
 
 class CountingLane(ThreadPoolExecutor):
@@ -112,20 +123,26 @@ class CountingLane(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-async def test_requests_of_one_loop_turn_share_one_lane_call_and_keep_their_own_errors() -> None:
+@pytest.mark.parametrize("use_batch", [False, True])
+async def test_requests_of_one_loop_turn_share_one_lane_call_and_keep_their_own_errors(
+    use_batch: bool,
+) -> None:
     lane = CountingLane()
-    coalescer = TokenizeCoalescer(FakeRuntime(), lane, use_batch=False)  # type: ignore[arg-type]
+    runtime = FakeRuntime()
+    coalescer = TokenizeCoalescer(runtime, lane, use_batch=use_batch)  # type: ignore[arg-type]
     requests: list[Sequence[str]] = [["abc"], ["de", "bad"], ["fghij"], ["bad"]]
     results = await asyncio.gather(
         *(coalescer.prepare(items, None, "input") for items in requests), return_exceptions=True
     )
     assert lane.calls == 1
+    # With --tokenize-batch, the whole group is one prepare_each call (one encode_batch).
+    assert runtime.batched_calls == ([(["abc", "de", "bad", "fghij", "bad"], None)] if use_batch else [])
     assert [prepared.context for prepared in results[0]] == ["abc"]  # type: ignore[union-attr]
     assert isinstance(results[1], InputError) and results[1].param == "input[1]"
     assert [prepared.num_tokens for prepared in results[2]] == [5]  # type: ignore[union-attr]
     assert isinstance(results[3], InputError) and results[3].param == "input"
     # A later turn is a new group.
-    assert [p.context for p in await coalescer.prepare(["later"], None, "input")] == ["later"]
+    assert [p.context for p in await coalescer.prepare(["later"], "other", "input")] == ["later"]
     assert lane.calls == 2
     lane.shutdown()
 
@@ -144,5 +161,21 @@ async def test_a_request_that_leaves_does_not_disturb_its_group() -> None:
     assert [p.context for p in await stayer] == ["stay"]
     with pytest.raises(asyncio.CancelledError):
         await leaver
+    assert lane.calls == 1
+    lane.shutdown()
+
+
+async def test_a_batched_group_makes_one_call_per_distinct_parameters() -> None:
+    lane = CountingLane()
+    runtime = FakeRuntime()
+    coalescer = TokenizeCoalescer(runtime, lane, use_batch=True)  # type: ignore[arg-type]
+    calls = [(["ab"], "truncate"), (["cde", "f"], "keep"), (["ghij"], "truncate")]
+    results = await asyncio.gather(*(coalescer.prepare(items, params, "input") for items, params in calls))
+    assert [[prepared.context for prepared in result] for result in results] == [
+        ["ab"],
+        ["cde", "f"],
+        ["ghij"],
+    ]
+    assert runtime.batched_calls == [(["ab", "ghij"], "truncate"), (["cde", "f"], "keep")]
     assert lane.calls == 1
     lane.shutdown()
