@@ -75,9 +75,10 @@ class BatchCost:
 def fit_batch_cost(timings: Sequence[BatchTiming]) -> BatchCost:
     """Least-squares fit of ``seconds`` against padded tokens, with an intercept.
 
-    Needs at least two distinct padded-token counts. A negative intercept (noise on a model
-    whose fixed cost is tiny) is clamped to 0; a slope that is not positive means the timings
-    say nothing about tokens, and raises ``ValueError``.
+    Needs at least two distinct padded-token counts. Every run has a fixed cost (Python, batch
+    assembly, the ONNX Runtime call), so an intercept that is not positive, like a slope that
+    is not positive, means the timings are noise (another process had the cores) and raises
+    ``ValueError``: the caller keeps its constants or times again.
     """
     tokens = np.array([timing.padded_tokens for timing in timings], dtype=np.float64)
     seconds = np.array([timing.seconds for timing in timings], dtype=np.float64)
@@ -87,7 +88,9 @@ def fit_batch_cost(timings: Sequence[BatchTiming]) -> BatchCost:
     (fixed_s, per_token_s), *_ = np.linalg.lstsq(design, seconds, rcond=None)
     if not per_token_s > 0:
         raise ValueError(f"timings do not grow with padded tokens (slope {per_token_s:.3g} s/token)")
-    return BatchCost(fixed_s=max(float(fixed_s), 0.0), per_token_s=float(per_token_s))
+    if not fixed_s > 0:
+        raise ValueError(f"timings show no fixed cost per run (intercept {fixed_s:.3g} s)")
+    return BatchCost(fixed_s=float(fixed_s), per_token_s=float(per_token_s))
 
 
 def calibration_rows(rows: int, width: int, token_id: int) -> list[EncodedRow]:

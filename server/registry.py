@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distilserve.models import ModelRuntime, SessionOptions, load_model
-from distilserve.models.batch_cost import calibrate_batch_cost
+from distilserve.models.batch_cost import BatchCost, BatchTiming, calibrate_batch_cost
 from distilserve.models.bundle import Task
 from distilserve.models.tasks import QAInput
 from distilserve.server import clock
@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 # A short sentence per task, run once per model before the server reports ready, so the first
 # real request does not pay for ONNX Runtime's lazy initialisation.
 WARMUP_TEXT = "Warm-up sentence for the model."
+# Timings that fit badly are timed again this many times in all before the constants stay.
+CALIBRATION_ATTEMPTS = 3
 
 
 def calibration_token_id(runtime: ModelRuntime) -> int:
@@ -108,20 +110,24 @@ class ModelRegistry:
         runtime = served.runtime
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        try:
-            cost, timings = await loop.run_in_executor(
-                None,
-                lambda: calibrate_batch_cost(
-                    runtime.forward,
-                    max_width=runtime.manifest.max_length,
-                    token_id=calibration_token_id(runtime),
-                ),
+
+        def calibrate() -> tuple[BatchCost, list[BatchTiming]]:
+            return calibrate_batch_cost(
+                runtime.forward, max_width=runtime.manifest.max_length, token_id=calibration_token_id(runtime)
             )
-        except ValueError as exc:
-            logger.warning(
-                "batch cost calibration failed; using the constant batch overhead",
-                extra={"model": served.name, "error": str(exc)},
-            )
+
+        for attempt in range(1, CALIBRATION_ATTEMPTS + 1):
+            try:
+                cost, timings = await loop.run_in_executor(None, calibrate)
+                break
+            except ValueError as exc:
+                # Noisy timings (a busy machine) fit badly; another try often fits.
+                logger.warning(
+                    "batch cost calibration failed"
+                    + ("; using the constant batch overhead" if attempt == CALIBRATION_ATTEMPTS else ""),
+                    extra={"model": served.name, "error": str(exc), "attempt": attempt},
+                )
+        else:
             return
         served.batcher.use_cost(cost)
         logger.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import math
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -208,3 +209,33 @@ async def test_uncalibrated_batching_reports_the_constants(
             "fixed_cost_ms": None,
             "token_cost_us": None,
         }
+
+
+async def test_calibration_that_fits_badly_is_retried_then_leaves_the_constants(
+    model_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distilserve.server.registry
+
+    fits: list[str] = []
+    real = server.registry.calibrate_batch_cost
+
+    def noisy_then_real(*args: Any, **kwargs: Any) -> Any:
+        fits.append("try")
+        if len(fits) == 1:
+            raise ValueError("timings show no fixed cost per run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server.registry, "calibrate_batch_cost", noisy_then_real)
+    async with running_app(model_args[:1], calibrate_batching=True) as (app, _):
+        assert state_of(app).registry.models["sentiment"].batcher.cost is not None
+    assert len(fits) == 2
+
+    def always_noisy(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("timings do not grow with padded tokens")
+
+    monkeypatch.setattr(server.registry, "calibrate_batch_cost", always_noisy)
+    async with running_app(model_args[:1], calibrate_batching=True) as (app, client):
+        batcher = state_of(app).registry.models["sentiment"].batcher
+        assert batcher.cost is None and batcher.limits.batch_overhead_tokens == 32
+        info = (await client.get("/info")).json()
+        assert info["models"][0]["batching"]["calibrated"] is False
