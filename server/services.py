@@ -53,7 +53,7 @@ class Services:
 def get_services(request: Request) -> Services:
     services = request.app.state.services
     if not isinstance(services, Services):
-        raise TypeError("app.state.services is not set: build the app with server.app.build_app")
+        raise TypeError("app.state.services is not set: build the app with distilserve.server.app.build_app")
     return services
 
 

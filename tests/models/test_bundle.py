@@ -122,7 +122,7 @@ def test_missing_bundle_folder(tmp_path: Path) -> None:
 def test_loading_and_running_a_bundle_imports_no_torch(tiny_bundles: Bundles) -> None:
     script = f"""
 import sys
-import distilserve.models, models.export, models.export.cli
+import distilserve.models, distilserve.models.export, distilserve.models.export.cli
 from distilserve.models import load_model
 for key, folder in {{"classify": {str(tiny_bundles[("distilbert", "text-classification")])!r},
                     "embed": {str(tiny_bundles[("bert", "feature-extraction")])!r}}}.items():

@@ -214,10 +214,10 @@ async def test_uncalibrated_batching_reports_the_constants(
 async def test_calibration_that_fits_badly_is_retried_then_leaves_the_constants(
     model_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import distilserve.server.registry
+    from distilserve.server import registry as registry_module
 
     fits: list[str] = []
-    real = server.registry.calibrate_batch_cost
+    real = registry_module.calibrate_batch_cost
 
     def noisy_then_real(*args: Any, **kwargs: Any) -> Any:
         fits.append("try")
@@ -225,7 +225,7 @@ async def test_calibration_that_fits_badly_is_retried_then_leaves_the_constants(
             raise ValueError("timings show no fixed cost per run")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server.registry, "calibrate_batch_cost", noisy_then_real)
+    monkeypatch.setattr(registry_module, "calibrate_batch_cost", noisy_then_real)
     async with running_app(model_args[:1], calibrate_batching=True) as (app, _):
         assert state_of(app).registry.models["sentiment"].batcher.cost is not None
     assert len(fits) == 2
@@ -233,7 +233,7 @@ async def test_calibration_that_fits_badly_is_retried_then_leaves_the_constants(
     def always_noisy(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("timings do not grow with padded tokens")
 
-    monkeypatch.setattr(server.registry, "calibrate_batch_cost", always_noisy)
+    monkeypatch.setattr(registry_module, "calibrate_batch_cost", always_noisy)
     async with running_app(model_args[:1], calibrate_batching=True) as (app, client):
         batcher = state_of(app).registry.models["sentiment"].batcher
         assert batcher.cost is None and batcher.limits.batch_overhead_tokens == 32

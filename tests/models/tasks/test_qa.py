@@ -273,7 +273,7 @@ def test_rejects_impossible_parameters(
 
 def test_module_needs_neither_torch_nor_transformers() -> None:
     code = (
-        "import sys, models.tasks.qa; "
+        "import sys, distilserve.models.tasks.qa; "
         "bad = {'torch', 'transformers'} & set(sys.modules); "
         "sys.exit(f'imported {sorted(bad)}' if bad else 0)"
     )
