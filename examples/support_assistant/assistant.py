@@ -1,0 +1,127 @@
+"""One chat turn: sentiment, retrieval, answer span, confidence, and "I don't know".
+
+For a message the assistant asks distilserve, concurrently, for its sentiment (``/v1/classify``)
+and its embedding (``/v1/embeddings``); takes the ``top_k`` passages nearest to it by cosine
+similarity; asks the reader (``/v1/answer``) for the best span of each, in one request; and
+answers with the span the reader is surest of, its passage and that score as the confidence.
+Below ``threshold`` it says it does not know, and still names the passage it read, so a person
+can look. A strongly negative message is flagged for a human whatever the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from examples.support_assistant.client import DistilserveClient, Sentiment, Span
+from examples.support_assistant.knowledge import KnowledgeBase, Passage, load_passages
+
+I_DONT_KNOW = "I don't know."
+NEGATIVE_LABEL = "negative"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    passage: Passage
+    similarity: float  # cosine between the message and the passage
+    span: Span  # the reader's best span in the passage
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    message: str
+    answer: str  # the span, or I_DONT_KNOW
+    known: bool  # False when the confidence was below the threshold
+    confidence: float
+    source: Passage
+    similarity: float
+    sentiment: Sentiment
+    needs_human: bool
+    candidates: tuple[Candidate, ...]  # every passage read, best first
+
+
+def confidence(candidate: Candidate) -> float:
+    """How far to trust a candidate: the reader's span probability (start x end, within its
+    passage) times the passage's cosine similarity to the message.
+
+    The reader alone is no judge of relevance: it always finds its likeliest span, and in an
+    unrelated passage that span can still score 0.5. The similarity is what falls for a message
+    the documentation does not cover (a cosine near 0.1 against 0.3-0.7 for a covered one).
+    """
+    return candidate.span.score * max(candidate.similarity, 0.0)
+
+
+def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
+    """The candidate of highest confidence; on a tie, the earlier (better retrieved) one."""
+    return max(candidates, key=confidence)
+
+
+class Assistant:
+    def __init__(
+        self,
+        client: DistilserveClient,
+        knowledge: KnowledgeBase,
+        *,
+        top_k: int = 5,
+        threshold: float = 0.0,
+        human_threshold: float = 0.95,
+    ) -> None:
+        self.client = client
+        self.knowledge = knowledge
+        self.top_k = top_k
+        self.threshold = threshold
+        self.human_threshold = human_threshold
+
+    @classmethod
+    async def build(
+        cls,
+        client: DistilserveClient,
+        docs_root: Path,
+        *,
+        max_words: int = 100,
+        top_k: int = 5,
+        threshold: float = 0.0,
+        human_threshold: float = 0.95,
+    ) -> Assistant:
+        """Cut the documentation into passages and embed them once (64 passages a request)."""
+        passages = load_passages(docs_root, max_words)
+        if not passages:
+            raise ValueError(f"no documentation found under {docs_root}")
+        batches = [passages[start : start + 64] for start in range(0, len(passages), 64)]
+        # The section title goes into the embedding (it says what a terse passage is about),
+        # not into what the reader reads.
+        vectors = await asyncio.gather(
+            *(client.embed([f"{passage.section}: {passage.text}" for passage in batch]) for batch in batches)
+        )
+        knowledge = KnowledgeBase(passages, np.concatenate(vectors))
+        return cls(client, knowledge, top_k=top_k, threshold=threshold, human_threshold=human_threshold)
+
+    async def reply(self, message: str) -> Reply:
+        message = message.strip()
+        if not message:
+            raise ValueError("the message is empty")
+        sentiment, query = await asyncio.gather(self.client.classify(message), self.client.embed([message]))
+        hits = self.knowledge.search(query[0], self.top_k)
+        spans = await self.client.answer(message, [passage.text for passage, _ in hits])
+        candidates = [
+            Candidate(passage, similarity, span)
+            for (passage, similarity), span in zip(hits, spans, strict=True)
+        ]
+        best = best_candidate(candidates)
+        known = confidence(best) >= self.threshold and bool(best.span.answer.strip())
+        ranked = sorted(candidates, key=lambda candidate: -confidence(candidate))
+        return Reply(
+            message=message,
+            answer=best.span.answer if known else I_DONT_KNOW,
+            known=known,
+            confidence=confidence(best),
+            source=best.passage,
+            similarity=best.similarity,
+            sentiment=sentiment,
+            needs_human=sentiment.label == NEGATIVE_LABEL and sentiment.score >= self.human_threshold,
+            candidates=tuple(ranked),
+        )
