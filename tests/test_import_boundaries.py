@@ -18,8 +18,11 @@ from tests.conftest import REPO_ROOT
 
 HTTP_LIBRARIES = ("fastapi", "starlette", "uvicorn", "httptools", "uvloop", "httpx", "requests", "aiohttp")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "models": ("server", "distilserve", *HTTP_LIBRARIES),
-    "server": ("distilserve",),
+    "models": ("server", "distilserve", "examples", *HTTP_LIBRARIES),
+    "server": ("distilserve", "examples"),
+    "distilserve": ("examples",),
+    # The examples are applications: they reach distilserve over HTTP only, as a user's would.
+    "examples": ("models", "server", "distilserve"),
 }
 
 

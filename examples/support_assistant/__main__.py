@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from examples.support_assistant.assistant import Assistant, Reply
-from examples.support_assistant.client import DistilserveClient, DistilserveError, RetryPolicy
+from examples.support_assistant.assistant import Reply
+from examples.support_assistant.client import DistilserveError
 from examples.support_assistant.settings import AssistantSettings
+from examples.support_assistant.wiring import build_assistant, make_client
 
 
 def render(reply: Reply) -> str:
@@ -24,28 +25,14 @@ def render(reply: Reply) -> str:
 
 
 async def chat(settings: AssistantSettings) -> int:
-    client = DistilserveClient(
-        settings.distilserve_url,
-        timeout_s=settings.timeout_s,
-        api_key=settings.api_key,
-        retry=RetryPolicy(max_retries=settings.max_retries),
-    )
-    async with client:
+    async with make_client(settings) as client:
         try:
-            assistant = await Assistant.build(
-                client,
-                settings.docs_root,
-                max_words=settings.passage_words,
-                top_k=settings.top_k,
-                threshold=settings.threshold,
-                human_threshold=settings.human_threshold,
-            )
+            assistant = await build_assistant(client, settings)
         except DistilserveError as exc:
             print(f"cannot reach distilserve at {settings.distilserve_url} ({exc}); is `make serve` running?")
             return 1
-        print(
-            f"{len(assistant.knowledge.passages)} passages of documentation loaded. Ask away (empty line ends)."
-        )
+        passages = len(assistant.knowledge.passages)
+        print(f"{passages} passages of documentation loaded. Ask away (an empty line ends).")
         loop = asyncio.get_running_loop()
         while True:
             line = await loop.run_in_executor(None, _read_line)
@@ -65,7 +52,7 @@ def _read_line() -> str | None:
 
 
 def main() -> int:
-    settings = AssistantSettings(_cli_parse_args=sys.argv[1:])  # type: ignore[call-arg]
+    settings = AssistantSettings(_cli_parse_args=sys.argv[1:])
     return asyncio.run(chat(settings))
 
 

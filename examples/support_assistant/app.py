@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from examples.support_assistant.assistant import Assistant, Reply
-from examples.support_assistant.client import DistilserveClient, DistilserveError, RetryPolicy
+from examples.support_assistant.client import DistilserveError
 from examples.support_assistant.settings import AssistantSettings
+from examples.support_assistant.wiring import build_assistant, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +67,8 @@ def to_response(reply: Reply) -> ChatResponse:
 def build_app(settings: AssistantSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = DistilserveClient(
-            settings.distilserve_url,
-            timeout_s=settings.timeout_s,
-            api_key=settings.api_key,
-            retry=RetryPolicy(max_retries=settings.max_retries),
-        )
-        async with client:
-            app.state.assistant = await Assistant.build(
-                client,
-                settings.docs_root,
-                max_words=settings.passage_words,
-                top_k=settings.top_k,
-                threshold=settings.threshold,
-                human_threshold=settings.human_threshold,
-            )
+        async with make_client(settings) as client:
+            app.state.assistant = await build_assistant(client, settings)
             logger.info("knowledge base ready: %d passages", len(app.state.assistant.knowledge.passages))
             yield
 
@@ -107,7 +95,7 @@ def main() -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = AssistantSettings(_cli_parse_args=sys.argv[1:])  # type: ignore[call-arg]
+    settings = AssistantSettings(_cli_parse_args=sys.argv[1:])
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 

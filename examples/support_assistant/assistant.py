@@ -3,16 +3,17 @@
 For a message the assistant asks distilserve, concurrently, for its sentiment (``/v1/classify``)
 and its embedding (``/v1/embeddings``); takes the ``top_k`` passages nearest to it by cosine
 similarity; asks the reader (``/v1/answer``) for the best span of each, in one request; and
-answers with the span the reader is surest of, its passage and that score as the confidence.
+answers with the most trusted span (see ``confidence``), its passage and that confidence.
 Below ``threshold`` it says it does not know, and still names the passage it read, so a person
-can look. A strongly negative message is flagged for a human whatever the answer.
+can look. A message the sentiment model finds negative with probability ``human_threshold`` or
+more is flagged for a human, whatever the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,33 +32,42 @@ class Candidate:
     span: Span  # the reader's best span in the passage
 
 
+def confidence(candidate: Candidate, similarity_weight: float) -> float:
+    """How far to trust a candidate: ``reader score x similarity ** similarity_weight``.
+
+    The reader's score (start x end probability within its passage) is no judge of relevance:
+    the reader always finds its likeliest span, and in an unrelated passage that span can still
+    score 0.5. The cosine similarity is what falls for a message the documentation does not
+    cover (near 0.1, against 0.3-0.7 for a covered one). How much it weighs is chosen with the
+    threshold on the labelled questions (``calibrate``), as retriever-reader systems weigh the
+    retriever's log-score against the reader's.
+    """
+    return candidate.span.score * float(max(candidate.similarity, 0.0) ** similarity_weight)
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     message: str
     answer: str  # the span, or I_DONT_KNOW
     known: bool  # False when the confidence was below the threshold
     confidence: float
-    source: Passage
-    similarity: float
+    best: Candidate  # the span answered (or withheld) and its passage
     sentiment: Sentiment
     needs_human: bool
-    candidates: tuple[Candidate, ...]  # every passage read, best first
+    candidates: tuple[Candidate, ...] = field(default=())  # every passage read, in retrieval order
+
+    @property
+    def source(self) -> Passage:
+        return self.best.passage
+
+    @property
+    def similarity(self) -> float:
+        return self.best.similarity
 
 
-def confidence(candidate: Candidate) -> float:
-    """How far to trust a candidate: the reader's span probability (start x end, within its
-    passage) times the passage's cosine similarity to the message.
-
-    The reader alone is no judge of relevance: it always finds its likeliest span, and in an
-    unrelated passage that span can still score 0.5. The similarity is what falls for a message
-    the documentation does not cover (a cosine near 0.1 against 0.3-0.7 for a covered one).
-    """
-    return candidate.span.score * max(candidate.similarity, 0.0)
-
-
-def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
+def best_candidate(candidates: Sequence[Candidate], similarity_weight: float) -> Candidate:
     """The candidate of highest confidence; on a tie, the earlier (better retrieved) one."""
-    return max(candidates, key=confidence)
+    return max(candidates, key=lambda candidate: confidence(candidate, similarity_weight))
 
 
 class Assistant:
@@ -68,12 +78,14 @@ class Assistant:
         *,
         top_k: int = 5,
         threshold: float = 0.0,
+        similarity_weight: float = 1.0,
         human_threshold: float = 0.95,
     ) -> None:
         self.client = client
         self.knowledge = knowledge
         self.top_k = top_k
         self.threshold = threshold
+        self.similarity_weight = similarity_weight
         self.human_threshold = human_threshold
 
     @classmethod
@@ -85,20 +97,32 @@ class Assistant:
         max_words: int = 100,
         top_k: int = 5,
         threshold: float = 0.0,
+        similarity_weight: float = 1.0,
         human_threshold: float = 0.95,
+        index_timeout_s: float = 60.0,
     ) -> Assistant:
-        """Cut the documentation into passages and embed them once (64 passages a request)."""
+        """Cut the documentation into passages and embed them once (16 passages a request)."""
         passages = load_passages(docs_root, max_words)
         if not passages:
             raise ValueError(f"no documentation found under {docs_root}")
-        batches = [passages[start : start + 64] for start in range(0, len(passages), 64)]
+        batches = [passages[start : start + 16] for start in range(0, len(passages), 16)]
         # The section title goes into the embedding (it says what a terse passage is about),
         # not into what the reader reads.
         vectors = await asyncio.gather(
-            *(client.embed([f"{passage.section}: {passage.text}" for passage in batch]) for batch in batches)
+            *(
+                client.embed([f"{passage.section}: {passage.text}" for passage in batch], index_timeout_s)
+                for batch in batches
+            )
         )
         knowledge = KnowledgeBase(passages, np.concatenate(vectors))
-        return cls(client, knowledge, top_k=top_k, threshold=threshold, human_threshold=human_threshold)
+        return cls(
+            client,
+            knowledge,
+            top_k=top_k,
+            threshold=threshold,
+            similarity_weight=similarity_weight,
+            human_threshold=human_threshold,
+        )
 
     async def reply(self, message: str) -> Reply:
         message = message.strip()
@@ -107,21 +131,20 @@ class Assistant:
         sentiment, query = await asyncio.gather(self.client.classify(message), self.client.embed([message]))
         hits = self.knowledge.search(query[0], self.top_k)
         spans = await self.client.answer(message, [passage.text for passage, _ in hits])
-        candidates = [
+        candidates = tuple(
             Candidate(passage, similarity, span)
             for (passage, similarity), span in zip(hits, spans, strict=True)
-        ]
-        best = best_candidate(candidates)
-        known = confidence(best) >= self.threshold and bool(best.span.answer.strip())
-        ranked = sorted(candidates, key=lambda candidate: -confidence(candidate))
+        )
+        best = best_candidate(candidates, self.similarity_weight)
+        trust = confidence(best, self.similarity_weight)
+        known = trust >= self.threshold and bool(best.span.answer.strip())
         return Reply(
             message=message,
             answer=best.span.answer if known else I_DONT_KNOW,
             known=known,
-            confidence=confidence(best),
-            source=best.passage,
-            similarity=best.similarity,
+            confidence=trust,
+            best=best,
             sentiment=sentiment,
-            needs_human=sentiment.label == NEGATIVE_LABEL and sentiment.score >= self.human_threshold,
-            candidates=tuple(ranked),
+            needs_human=sentiment.probability(NEGATIVE_LABEL) >= self.human_threshold,
+            candidates=candidates,
         )

@@ -1,73 +1,94 @@
-"""Choose the "I don't know" threshold on the calibration split of questions.json.
+"""Choose the similarity weight, the "I don't know" threshold and the human-flag threshold on the
+calibration split of questions.json, then score the test split with them.
 
     python -m examples.support_assistant.calibrate [--distilserve-url URL]
 
-Needs a running distilserve (``make serve``). Prints each question's answer and confidence,
-the accuracy at every candidate threshold, and the chosen one; the test split is then scored
-at that threshold, as a check on questions the choice never saw.
+Needs a running distilserve (``make serve``). Each message is read once (with every candidate
+kept), then every weight and threshold is scored offline. Copy the chosen values into
+``settings.py`` (``CALIBRATED_*``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 
-from examples.support_assistant.assistant import Assistant
-from examples.support_assistant.client import DistilserveClient, RetryPolicy
-from examples.support_assistant.evaluation import Scored, accuracy_at, choose_threshold, load_questions
+from examples.support_assistant.assistant import NEGATIVE_LABEL, Assistant
+from examples.support_assistant.evaluation import (
+    Calibration,
+    Scored,
+    Split,
+    accuracy_at,
+    choose_human_threshold,
+    choose_threshold,
+    flag_accuracy_at,
+    load_questions,
+)
 from examples.support_assistant.settings import AssistantSettings
+from examples.support_assistant.wiring import build_assistant, make_client
 
 
-async def score(assistant: Assistant, split: str) -> list[Scored]:
+async def score(assistant: Assistant, split: Split) -> list[Scored]:
     scored = []
-    for question in load_questions(split):  # type: ignore[arg-type]
+    for question in load_questions(split):
         reply = await assistant.reply(question.question)
-        best = reply.candidates[0]
-        scored.append(Scored(question, best.span.answer, reply.confidence))
+        scored.append(Scored(question, reply.candidates, reply.sentiment.probability(NEGATIVE_LABEL)))
     return scored
 
 
-def report(scored: list[Scored], threshold: float) -> None:
-    for item in sorted(scored, key=lambda item: -item.confidence):
-        known = item.confidence >= threshold
-        verdict = (
-            ("right" if item.correct_if_answered else "wrong")
-            if known
-            else ("right (I don't know)" if not item.question.answerable else "withheld")
-        )
-        print(f"  {item.confidence:.3f}  {verdict:20}  {item.question.question}  ->  {item.answer!r}")
+def report(scored: Sequence[Scored], chosen: Calibration) -> None:
+    rows = []
+    for item in scored:
+        candidate, trust = item.best(chosen.similarity_weight)
+        if trust >= chosen.threshold:
+            verdict = "right" if item.correct_if_answered(chosen.similarity_weight) else "wrong"
+        else:
+            verdict = "withheld" if item.question.answerable else "right (I don't know)"
+        rows.append((trust, verdict, item.question.question, candidate.span.answer, candidate.passage.source))
+    for trust, verdict, question, answer, source in sorted(rows, key=lambda row: -row[0]):
+        print(f"  {trust:.4f}  {verdict:20}  {question}  ->  {answer!r} ({source})")
 
 
 async def calibrate(settings: AssistantSettings) -> int:
-    client = DistilserveClient(
-        settings.distilserve_url,
-        timeout_s=settings.timeout_s,
-        api_key=settings.api_key,
-        retry=RetryPolicy(max_retries=settings.max_retries),
-    )
-    async with client:
-        assistant = await Assistant.build(
-            client, settings.docs_root, max_words=settings.passage_words, top_k=settings.top_k
-        )
+    async with make_client(settings) as client:
+        assistant = await build_assistant(client, settings)
         calibration = await score(assistant, "calibration")
         test = await score(assistant, "test")
-    threshold, accuracy = choose_threshold(calibration)
+    chosen = choose_threshold(calibration)
     answerable = [item for item in calibration if item.question.answerable]
-    right = sum(item.correct_if_answered for item in answerable)
-    print(f"calibration split: {len(calibration)} questions ({len(answerable)} answerable)")
-    print(f"  answers right with no threshold: {right}/{len(answerable)}")
-    report(calibration, threshold)
-    print(f"chosen threshold: {threshold:.4f} (calibration accuracy {accuracy:.3f}; "
-          f"with no threshold {accuracy_at(calibration, 0.0):.3f})")  # fmt: skip
+    print(f"calibration split: {len(calibration)} messages, {len(answerable)} answerable")
+    for weight in sorted({0.0, chosen.similarity_weight}):
+        right = sum(item.correct_if_answered(weight) for item in answerable)
+        print(
+            f"  answers right before any threshold, similarity weight {weight:g}: {right}/{len(answerable)}"
+        )
+    report(calibration, chosen)
     print(
-        f"test split at that threshold: accuracy {accuracy_at(test, threshold):.3f} on {len(test)} questions"
+        f"chosen: similarity weight {chosen.similarity_weight:g}, threshold {chosen.threshold:.6f}; "
+        f"calibration accuracy {chosen.accuracy:.3f} (no threshold: "
+        f"{accuracy_at(calibration, chosen.similarity_weight, 0.0):.3f})"
     )
-    report(test, threshold)
+    test_accuracy = accuracy_at(test, chosen.similarity_weight, chosen.threshold)
+    print(f"test split: accuracy {test_accuracy:.3f} on {len(test)} messages")
+    report(test, chosen)
+    human, flag_accuracy = choose_human_threshold(calibration)
+    hostile = [item for item in calibration if item.question.hostile]
+    calm = [item for item in calibration if not item.question.hostile]
+    print(
+        f"human flag: negative probability >= {human:.4f}; calibration flag accuracy {flag_accuracy:.3f} "
+        f"({sum(item.negative >= human for item in hostile)}/{len(hostile)} hostile flagged, "
+        f"{sum(item.negative >= human for item in calm)}/{len(calm)} others); "
+        f"test split {flag_accuracy_at(test, human):.3f}"
+    )
+    for item in sorted([*calibration, *test], key=lambda item: -item.negative)[:12]:
+        kind = "hostile" if item.question.hostile else "calm"
+        print(f"  {item.negative:.4f}  {kind:7}  {item.question.split:11}  {item.question.question}")
     return 0
 
 
 def main() -> int:
-    settings = AssistantSettings(_cli_parse_args=sys.argv[1:])  # type: ignore[call-arg]
+    settings = AssistantSettings(_cli_parse_args=sys.argv[1:])
     return asyncio.run(calibrate(settings))
 
 

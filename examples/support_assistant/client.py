@@ -41,8 +41,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Sentiment:
-    label: str
-    score: float
+    label: str  # the best label
+    score: float  # its probability
+    probabilities: dict[str, float]  # every label's
+
+    def probability(self, label: str) -> float:
+        return self.probabilities.get(label, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +99,18 @@ class DistilserveClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST JSON and return the parsed answer, retrying what distilserve asks to retry."""
+    async def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
+        """POST JSON and return the parsed answer, retrying what distilserve asks to retry.
+
+        ``timeout_s`` overrides the client's deadline for this call (indexing, not chatting)."""
+        deadline_s = self.timeout_s if timeout_s is None else timeout_s
         backoff = self.retry.backoff_s
         for attempt in range(self.retry.max_retries + 1):
             last = attempt == self.retry.max_retries
             try:
                 # The server's own deadline matches ours, so it drops work we no longer wait for.
                 response = await self.http.post(
-                    path, json=body, headers={"X-Request-Timeout": str(self.timeout_s)}
+                    path, json=body, headers={"X-Request-Timeout": str(deadline_s)}, timeout=deadline_s
                 )
             except httpx.TransportError as exc:
                 if last or isinstance(exc, httpx.TimeoutException):
@@ -125,12 +132,13 @@ class DistilserveClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def classify(self, text: str) -> Sentiment:
-        body = await self.post("/v1/classify", {"input": text})
+        body = await self.post("/v1/classify", {"input": text, "top_k": None})
         best = body["data"][0]
-        return Sentiment(best["label"], float(best["score"]))
+        probabilities = {entry["label"]: float(entry["score"]) for entry in best["labels"]}
+        return Sentiment(best["label"], float(best["score"]), probabilities)
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        body = await self.post("/v1/embeddings", {"input": list(texts)})
+    async def embed(self, texts: Sequence[str], timeout_s: float | None = None) -> npt.NDArray[np.float32]:
+        body = await self.post("/v1/embeddings", {"input": list(texts)}, timeout_s)
         rows = sorted(body["data"], key=lambda item: item["index"])
         return np.asarray([row["embedding"] for row in rows], dtype=np.float32)
 

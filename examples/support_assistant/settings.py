@@ -1,4 +1,4 @@
-"""The assistant's settings: flags (``--name``) and ``DISTILSERVE_ASSISTANT_*`` variables."""
+"""The assistant's settings: flags (``--distilserve-url``) and ``DISTILSERVE_ASSISTANT_*`` variables."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Chosen by `python -m examples.support_assistant.calibrate` on the calibration split of
-# questions.json (the confidence that maximises its exact-match accuracy, answerable and
-# unanswerable questions together, as SQuAD 2.0's evaluation picks its no-answer threshold).
-CALIBRATED_THRESHOLD = 0.04
+# questions.json (112 messages: 95 answerable, 9 unanswerable, 8 hostile), against the default
+# server's models: the weight and threshold of best exact-match accuracy, answerable and
+# unanswerable questions together, as SQuAD 2.0's evaluation picks its no-answer threshold
+# (0.205 there, against 0.062 answering everything); the flag threshold of best flag accuracy
+# (0.973: 6 of 8 hostile messages flagged, 1 of 104 others). Both thresholds rounded down a little.
+CALIBRATED_SIMILARITY_WEIGHT = 3.0
+CALIBRATED_THRESHOLD = 0.0075
+CALIBRATED_HUMAN_THRESHOLD = 0.978
 
 
 class AssistantSettings(BaseSettings):
@@ -22,18 +27,28 @@ class AssistantSettings(BaseSettings):
 
     distilserve_url: str = Field("http://127.0.0.1:8080", description="the distilserve server (make serve)")
     api_key: str | None = Field(None, description="distilserve's API key, when it has one")
-    timeout_s: float = Field(10.0, gt=0, description="deadline of each distilserve request, in seconds")
+    timeout_s: float = Field(
+        10.0, gt=0, description="deadline of each distilserve request of a chat turn, in s"
+    )
+    index_timeout_s: float = Field(
+        60.0, gt=0, description="deadline of each request that embeds the documentation at start-up, in s"
+    )
     max_retries: int = Field(
         3, ge=0, description="retries of a 429/503 (after Retry-After) or a failed connection"
     )
     docs_root: Path = Field(REPO_ROOT, description="folder whose README.md and docs/ are the knowledge base")
     passage_words: int = Field(100, ge=10, description="most words per passage (paragraphs are kept whole)")
     top_k: int = Field(5, ge=1, le=50, description="passages retrieved and read per message")
+    similarity_weight: float = Field(
+        CALIBRATED_SIMILARITY_WEIGHT,
+        ge=0,
+        description="confidence = reader score x passage similarity ** this (0: the reader's score alone)",
+    )
     threshold: float = Field(
         CALIBRATED_THRESHOLD, ge=0, le=1, description='confidence below which the answer is "I don\'t know"'
     )
     human_threshold: float = Field(
-        0.95,
+        CALIBRATED_HUMAN_THRESHOLD,
         ge=0,
         le=1,
         description="negative-sentiment probability from which a message is flagged for a human",
