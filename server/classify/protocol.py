@@ -72,5 +72,6 @@ class PredictRequest(BaseModel):
     top_k: StrictInt | None = Field(None, ge=1)
     model: Text | None = None
     parameters: InferenceParameters | None = Field(
-        None, description="Hugging Face Inference API parameters; their presence selects that API's answer shape"
+        None,
+        description="Hugging Face Inference API parameters; their presence selects that API's answer shape",
     )

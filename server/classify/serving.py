@@ -59,7 +59,10 @@ class ClassifyService:
         if inference_api is not None and inference_api.function_to_apply == "sigmoid":
             # A sigmoid keeps the logits' order, so the top_k already chosen stay the top_k.
             results = [
-                [LabelScoreOut.model_construct(label=entry.label, score=_sigmoid(entry.score)) for entry in labels]
+                [
+                    LabelScoreOut.model_construct(label=entry.label, score=_sigmoid(entry.score))
+                    for entry in labels
+                ]
                 for labels in outcome.results
             ]
         else:

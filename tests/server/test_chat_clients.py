@@ -41,7 +41,9 @@ def test_inference_client_text_classification(default_server: tuple[LiveServer, 
     client = InferenceClient(model=f"{server.url}/predict")
     best_first = client.text_classification("A gripping, beautifully acted and genuinely funny film.")
     assert [item.label for item in best_first] == ["positive", "negative"]
-    assert best_first[0].score > 0.5 and sum(item.score for item in best_first) == pytest.approx(1.0, abs=1e-5)
+    assert best_first[0].score > 0.5 and sum(item.score for item in best_first) == pytest.approx(
+        1.0, abs=1e-5
+    )
     top_one = client.text_classification("Dull, lifeless and far too long.", top_k=1)
     assert [item.label for item in top_one] == ["negative"]
     sigmoid = client.text_classification("Dull, lifeless and far too long.", function_to_apply="sigmoid")
@@ -59,7 +61,9 @@ def test_inference_client_question_answering(default_server: tuple[LiveServer, S
     assert answer.answer == "8080"
     assert CONTEXT[answer.start : answer.end] == "8080"
     assert 0.0 < answer.score <= 1.0
-    several = client.question_answering(question="Which port does the image listen on?", context=CONTEXT, top_k=2)
+    several = client.question_answering(
+        question="Which port does the image listen on?", context=CONTEXT, top_k=2
+    )
     assert isinstance(several, list) and len(several) == 2
     assert several[0].score >= several[1].score
 

@@ -86,7 +86,9 @@ async def test_predict_with_parameters_answers_in_the_inference_api_shape(
     assert nested.json() == [tei]
     top_one = (await client.post("/predict", json={"inputs": TEXTS[0], "parameters": {"top_k": 1}})).json()
     assert top_one == [tei[:1]]
-    logits = load_model(library["sentiment"]).predict(TEXTS[:1], ClassifyParams(top_k=None, raw_scores=True))[0]
+    logits = load_model(library["sentiment"]).predict(TEXTS[:1], ClassifyParams(top_k=None, raw_scores=True))[
+        0
+    ]
     body = {"inputs": TEXTS[0], "parameters": {"function_to_apply": "sigmoid"}}
     sigmoid = (await client.post("/predict", json=body)).json()[0]
     assert [entry["label"] for entry in sigmoid] == [entry.label for entry in logits]
@@ -95,8 +97,12 @@ async def test_predict_with_parameters_answers_in_the_inference_api_shape(
     )
     body = {"inputs": TEXTS[0], "parameters": {"function_to_apply": "none"}}
     raw = (await client.post("/predict", json=body)).json()[0]
-    np.testing.assert_allclose([entry["score"] for entry in raw], [entry.score for entry in logits], rtol=1e-5)
-    unknown = await client.post("/predict", json={"inputs": TEXTS[0], "parameters": {"function_to_apply": "x"}})
+    np.testing.assert_allclose(
+        [entry["score"] for entry in raw], [entry.score for entry in logits], rtol=1e-5
+    )
+    unknown = await client.post(
+        "/predict", json={"inputs": TEXTS[0], "parameters": {"function_to_apply": "x"}}
+    )
     assert unknown.status_code == 422
 
 

@@ -108,7 +108,7 @@ def test_the_threshold_of_best_accuracy_is_chosen() -> None:
     scored = [
         Scored(labelled("q1", ("8080",)), (candidate("8080", 0.5, 0.5),), 0.1),  # right, confidence 0.25
         Scored(labelled("q2", ("x",)), (candidate("y", 0.9, 0.1),), 0.2),  # wrong, 0.09
-        Scored(labelled("q3"), (candidate("z", 0.4, 0.2),), 0.99),  # unanswerable, 0.08
+        Scored(labelled("q3"), (candidate("z", 0.4, 0.2),), 0.97),  # unanswerable, 0.08
         Scored(labelled("q4"), (candidate("z", 0.2, 0.1),), 0.98),  # unanswerable, 0.02
     ]
     chosen = choose_threshold(scored, weights=(1.0,))
