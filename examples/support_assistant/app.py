@@ -95,6 +95,7 @@ def main() -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per distilserve call is noise
     settings = AssistantSettings(_cli_parse_args=sys.argv[1:])
     uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
