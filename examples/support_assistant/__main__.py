@@ -16,7 +16,7 @@ from examples.support_assistant.wiring import build_assistant, make_client
 
 def render(reply: Reply) -> str:
     lines = [f"assistant: {reply.answer}"]
-    lines.append(f"  confidence {reply.confidence:.3f} · source {reply.source.citation} "
+    lines.append(f"  confidence {reply.confidence:.4f} · source {reply.source.citation} "
                  f"(similarity {reply.similarity:.2f})")  # fmt: skip
     lines.append(f'  "{reply.source.text[:160]}{"…" if len(reply.source.text) > 160 else ""}"')
     if reply.needs_human:

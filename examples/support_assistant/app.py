@@ -40,7 +40,7 @@ class SourceOut(BaseModel):
 class ChatResponse(BaseModel):
     answer: str = Field(description='the answer span, or "I don\'t know." below the threshold')
     known: bool
-    confidence: float = Field(description="reader span probability x passage similarity")
+    confidence: float = Field(description="reader span probability x passage similarity ** similarity_weight")
     source: SourceOut = Field(description="the passage the answer comes from (or the best one read)")
     sentiment: str
     sentiment_score: float
@@ -51,7 +51,7 @@ def to_response(reply: Reply) -> ChatResponse:
     return ChatResponse(
         answer=reply.answer,
         known=reply.known,
-        confidence=round(reply.confidence, 4),
+        confidence=reply.confidence,
         source=SourceOut(
             file=reply.source.source,
             section=reply.source.section,

@@ -105,15 +105,19 @@ class Assistant:
         passages = load_passages(docs_root, max_words)
         if not passages:
             raise ValueError(f"no documentation found under {docs_root}")
-        batches = [passages[start : start + 16] for start in range(0, len(passages), 16)]
-        # The section title goes into the embedding (it says what a terse passage is about),
-        # not into what the reader reads.
-        vectors = await asyncio.gather(
-            *(
-                client.embed([f"{passage.section}: {passage.text}" for passage in batch], index_timeout_s)
-                for batch in batches
+        # One request at a time, so that the index is the same on every start: the int8 model
+        # quantizes its activations with one scale per batch, so a text's vector moves a little
+        # with whatever the server batches it with (up to 0.02 in a coordinate), and concurrent
+        # requests are batched together in an order that changes from run to run. The section
+        # title goes into the embedding (it says what a terse passage is about), not into what
+        # the reader reads.
+        vectors = [
+            await client.embed(
+                [f"{passage.section}: {passage.text}" for passage in passages[start : start + 16]],
+                index_timeout_s,
             )
-        )
+            for start in range(0, len(passages), 16)
+        ]
         knowledge = KnowledgeBase(passages, np.concatenate(vectors))
         return cls(
             client,

@@ -20,6 +20,7 @@ from examples.support_assistant.evaluation import (
     Scored,
     Split,
     accuracy_at,
+    calibrations,
     choose_human_threshold,
     choose_threshold,
     flag_accuracy_at,
@@ -64,6 +65,9 @@ async def calibrate(settings: AssistantSettings) -> int:
             f"  answers right before any threshold, similarity weight {weight:g}: {right}/{len(answerable)}"
         )
     report(calibration, chosen)
+    for choice in calibrations(calibration):
+        weight, threshold, accuracy = choice.similarity_weight, choice.threshold, choice.accuracy
+        print(f"  weight {weight:g}: threshold {threshold:.6f}, accuracy {accuracy:.3f}")
     print(
         f"chosen: similarity weight {chosen.similarity_weight:g}, threshold {chosen.threshold:.6f}; "
         f"calibration accuracy {chosen.accuracy:.3f} (no threshold: "

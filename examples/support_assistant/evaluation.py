@@ -107,9 +107,11 @@ class Calibration:
     accuracy: float
 
 
-def choose_threshold(scored: Sequence[Scored], weights: Sequence[float] = SIMILARITY_WEIGHTS) -> Calibration:
-    """The similarity weight and "I don't know" threshold of best accuracy (for each weight, the
-    threshold as SQuAD 2.0's ``find_best_thresh`` picks it); on a tie the smaller weight."""
+def calibrations(
+    scored: Sequence[Scored], weights: Sequence[float] = SIMILARITY_WEIGHTS
+) -> list[Calibration]:
+    """For each similarity weight, the "I don't know" threshold of best accuracy (as SQuAD 2.0's
+    ``find_best_thresh`` picks it) and that accuracy."""
     choices = []
     for weight in weights:
         confidences = [item.best(weight)[1] for item in scored]
@@ -118,6 +120,12 @@ def choose_threshold(scored: Sequence[Scored], weights: Sequence[float] = SIMILA
             lambda t, w=weight: accuracy_at(scored, w, t),  # type: ignore[misc]
         )
         choices.append(Calibration(weight, threshold, accuracy))
+    return choices
+
+
+def choose_threshold(scored: Sequence[Scored], weights: Sequence[float] = SIMILARITY_WEIGHTS) -> Calibration:
+    """The similarity weight and threshold of best accuracy; on a tie the smaller weight."""
+    choices = calibrations(scored, weights)
     return max(choices, key=lambda choice: (choice.accuracy, -choice.similarity_weight))
 
 

@@ -73,11 +73,14 @@ async def test_documented_questions_are_answered_from_the_right_file(chat: httpx
         and exact_match(str(replies[question.question]["answer"]), question.answers)
     ]
     assert len(correct) >= 8, {question: reply["answer"] for question, reply in replies.items()}
+    # Every answer given (a withheld one names the passage it read, not a source) cites a file
+    # that states the right answer.
     for question in ANSWERABLE:
-        source = replies[question.question]["source"]
+        reply, source = replies[question.question], replies[question.question]["source"]
         assert isinstance(source, dict)
-        assert source["file"] in question.sources, (question.question, source)
         assert source["passage"], question.question
+        if reply["known"]:
+            assert source["file"] in question.sources, (question.question, source)
     for question in correct:
         reply = replies[question]
         assert isinstance(reply["source"], dict) and isinstance(reply["confidence"], float)
