@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-slow lint typecheck pytest venv clean-bundles validate-deploy
+.PHONY: serve test test-slow lint typecheck pytest venv clean-bundles validate-deploy \
+	wheelhouse image image-base test-docker
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +56,23 @@ validate-deploy: $(DEPLOY_TOOLS)
 	# promtool comes with Debian's prometheus package (.ci/run installs it).
 	if command -v promtool >/dev/null; then promtool check config deploy/prometheus/prometheus.yml; \
 	else echo "promtool not installed: skipping the Prometheus config check"; fi
+
+# The Docker image, air-gapped (docs/deploying.md, "Air-gapped build"): every pinned wheel is
+# fetched on this machine into wheelhouse/ (git-ignored), and the build installs from it alone.
+# The online build needs none of this: `docker build -t distilserve .`.
+IMAGE ?= distilserve:latest
+BASE_IMAGE ?= python:3.11-slim
+wheelhouse:
+	scripts/docker_image.sh wheelhouse
+
+image: wheelhouse
+	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) scripts/docker_image.sh build
+
+# A Debian bookworm base made by debootstrap and imported locally: no registry at all.
+image-base:
+	scripts/docker_image.sh base
+
+# Build the image on that base and test it in containers (tests/deploy/test_docker_image.py).
+# Starts dockerd if none runs; without one the tests are skipped, with the reason.
+test-docker: $(STAMP)
+	scripts/docker_image.sh test

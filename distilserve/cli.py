@@ -44,30 +44,36 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "serve": Command("serve models over HTTP with dynamic batching", "server.main", "ServerSettings", "run"),
+    "serve": Command(
+        "serve models over HTTP with dynamic batching", "distilserve.server.main", "ServerSettings", "run"
+    ),
     "export": Command(
         "export a Hugging Face checkpoint to a verified int8 ONNX bundle",
-        "models.export.cli",
+        "distilserve.models.export.cli",
         "Settings",
         "run",
         "export",
     ),
     "build-default": Command(
         "build the default embedding bundle (all-MiniLM-L6-v2) into the cache",
-        "models.export.cli",
+        "distilserve.models.export.cli",
         "BuildDefaultSettings",
         "run_build_default",
         "export",
     ),
     "distill": Command(
         "fine-tune a teacher or distill a student (DistilBERT recipe)",
-        "models.distill.cli",
+        "distilserve.models.distill.cli",
         "Settings",
         "run",
         "export",
     ),
     "eval": Command(
-        "score a bundle on SST-2, SQuAD or STS-B", "models.evaluation.cli", "Settings", "run", "export"
+        "score a bundle on SST-2, SQuAD or STS-B",
+        "distilserve.models.evaluation.cli",
+        "Settings",
+        "run",
+        "export",
     ),
     # The load generator lives outside the runtime (server/); it is imported only when asked for.
     "bench": Command(

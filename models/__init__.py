@@ -4,10 +4,16 @@ Nothing here imports HTTP code, torch or transformers (the export subpackage imp
 lazily, when an export runs), so a bundle can be scored offline with the runtime install alone.
 """
 
-from models.bundle import Manifest, load_manifest
-from models.errors import BundleError, DistilserveError, ExportError, InputError, InputTooLongError
-from models.runtime import ModelRuntime, load_model
-from models.session import SessionOptions
+from distilserve.models.bundle import Manifest, load_manifest
+from distilserve.models.errors import (
+    BundleError,
+    DistilserveError,
+    ExportError,
+    InputError,
+    InputTooLongError,
+)
+from distilserve.models.runtime import ModelRuntime, load_model
+from distilserve.models.session import SessionOptions
 
 __all__ = [
     "BundleError",

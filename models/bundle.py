@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.errors import BundleError
+from distilserve.models.errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "distilserve.json"

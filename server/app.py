@@ -9,21 +9,22 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from starlette.responses import Response
 
-from models import SessionOptions
-from models.batching import BatchLimits
-from server.admission import ClientDisconnectedError
-from server.batching import BatchPolicy
-from server.classify.api_router import router as classify_router
-from server.embed.api_router import router as embed_router
-from server.errors import install_error_handlers
-from server.metrics import ServerMetrics
-from server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
-from server.qa.api_router import router as qa_router
-from server.registry import ModelRegistry
-from server.service.api_router import docs_router, health_router, info_router, metrics_router
-from server.service.serving import package_version
-from server.services import Services
-from server.settings import ModelSpec, ServerSettings
+from distilserve.models import SessionOptions
+from distilserve.models.batching import BatchLimits
+from distilserve.server.admission import ClientDisconnectedError
+from distilserve.server.batching import BatchPolicy
+from distilserve.server.classify.api_router import router as classify_router
+from distilserve.server.embed.api_router import router as embed_router
+from distilserve.server.errors import install_error_handlers
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from distilserve.server.qa.api_router import router as qa_router
+from distilserve.server.registry import ModelRegistry
+from distilserve.server.routing import InferenceRoute
+from distilserve.server.service.api_router import docs_router, health_router, info_router, metrics_router
+from distilserve.server.service.serving import package_version
+from distilserve.server.services import Services
+from distilserve.server.settings import ModelSpec, ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ def build_app(
         redoc_url="/redoc" if own_docs else None,
     )
     app.state.services = services
+    # The paths admission guards, which server.http_protocol may refuse before the app sees them
+    # (the routers are included without a prefix).
+    app.state.admitted_paths = frozenset(
+        route.path for router in routers for route in router.routes if isinstance(route, InferenceRoute)
+    )
     for router in routers:
         app.include_router(router)
     if keyed_docs:

@@ -7,8 +7,8 @@ import hmac
 from fastapi import Request
 from pydantic import SecretStr
 
-from server.errors import ApiError
-from server.services import ServicesDep
+from distilserve.server.errors import ApiError
+from distilserve.server.services import ServicesDep
 
 
 def check_api_key(request: Request, api_key: SecretStr | None) -> None:

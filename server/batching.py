@@ -2,7 +2,7 @@
 
 Requests arrive as *jobs*: the model rows of one request (one per text, several for a long QA
 context). Rows wait in a queue; the scheduler cuts the queue, sorted by length, into the
-cheapest batches (``models.batching.plan_groups``: padded tokens plus a fixed cost per batch,
+cheapest batches (``distilserve.models.batching.plan_groups``: padded tokens plus a fixed cost per batch,
 under ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens) and runs the one holding
 the oldest row, so nothing starves and padding stays small. A job completes when all of its
 rows have been computed, whatever batches they landed in.
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
-from server import clock
-from server.metrics import ServerMetrics
+from distilserve.models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
+from distilserve.server import clock
+from distilserve.server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 

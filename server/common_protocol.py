@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
 
@@ -22,11 +22,37 @@ def _refuse_lone_surrogates(value: str) -> str:
     return value
 
 
+def _refuse_blank(value: str) -> str:
+    """A model has nothing to read in an empty or whitespace text (``str.strip``'s whitespace,
+    which is what ``\\S`` in the schema's pattern means too)."""
+    if not value.strip():
+        raise PydanticCustomError("blank_text", "text is empty or only whitespace")
+    return value
+
+
+def _whole_number(value: object) -> object:
+    """JSON Schema's integer is a number without a fraction, so ``2.0`` is one (``"2"`` and
+    ``true`` are not, and stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Every integer a client sends is strict (no strings, no booleans), as the document's "integer".
+# Its bounds go inside, before this validator (``Annotated[StrictInt, Field(ge=1), WholeNumber]``):
+# bounds put on the outside are neither checked on the converted value nor written as "minimum".
+WholeNumber = BeforeValidator(_whole_number)
+PositiveInteger = Annotated[StrictInt, Field(ge=1), WholeNumber]
+
 # Every string a client sends: strictly a string, and valid Unicode.
 Text = Annotated[StrictStr, AfterValidator(_refuse_lone_surrogates)]
 
+# A text a model reads (input, question, context): with a non-whitespace character, as the
+# document's pattern says, so an empty text is refused by the schema it breaks.
+InputText = Annotated[Text, AfterValidator(_refuse_blank), Field(json_schema_extra={"pattern": r"\S"})]
+
 # One text or a non-empty list of texts: the ``input``/``inputs`` of every text route.
-TextOrTexts = Annotated[Text | Annotated[list[Text], Field(min_length=1)], Field()]
+TextOrTexts = Annotated[InputText | Annotated[list[InputText], Field(min_length=1)], Field()]
 
 
 class Usage(BaseModel):
@@ -37,7 +63,7 @@ class Usage(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    """The one definition of the error shape: ``server.errors`` and the middleware render it."""
+    """The one definition of the error shape: ``distilserve.server.errors`` and the middleware render it."""
 
     message: str
     type: str
@@ -52,7 +78,7 @@ class ErrorResponse(BaseModel):
         json_schema_extra={
             "example": {
                 "error": {
-                    "message": "input[1]: input text is empty",
+                    "message": "input[1]: text is empty or only whitespace",
                     "type": "invalid_request_error",
                     "code": "invalid_input",
                     "param": "input[1]",

@@ -15,9 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import BundleError, InputError, InputTooLongError
-from server.common_protocol import ErrorDetail, ErrorResponse
-from server.responses import OrjsonResponse
+from distilserve.models.errors import BundleError, InputError, InputTooLongError
+from distilserve.server.common_protocol import ErrorDetail, ErrorResponse
+from distilserve.server.responses import OrjsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +109,27 @@ def _is_union_tag(part: object) -> bool:
     )
 
 
-def _describe_validation_error(error: RequestValidationError) -> tuple[str, str | None]:
+# Validation problems that are about the input's content, not the request's shape: they keep
+# the code the model side gave them before the schema stated them (an empty text).
+_INPUT_PROBLEMS = {"blank_text": "invalid_input"}
+
+
+def _describe_validation_error(error: RequestValidationError) -> tuple[str, str | None, str]:
+    """The message, the parameter (as the client wrote it) and the error code."""
     problems = list(error.errors())
     if not problems:
-        return "invalid request", None
+        return "invalid request", None, "invalid_request"
     if any(problem.get("type") == "json_invalid" for problem in problems):
         first = next(problem for problem in problems if problem.get("type") == "json_invalid")
-        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+        error_text = first.get("ctx", {}).get("error", first.get("msg"))
+        return f"request body is not valid JSON: {error_text}", None, "invalid_request"
     # The most telling problem: a real constraint over a type mismatch, then the deepest location.
     best = min(problems, key=lambda p: (p.get("type") in _TYPE_MISMATCHES, -len(p.get("loc", ()))))
     # Drop the leading "body" and union tags so params read like the JSON sent: input[2], parameters.top_k.
     location = [part for part in best.get("loc", ()) if part != "body" and not _is_union_tag(part)]
     param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
     message = f"{param}: {best['msg']}" if param else str(best["msg"])
-    return message, param or None
+    return message, param or None, _INPUT_PROBLEMS.get(str(best.get("type")), "invalid_request")
 
 
 def _unparsable_body(exc: StarletteHTTPException) -> str | None:
@@ -153,8 +160,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> OrjsonResponse:
-        message, param = _describe_validation_error(exc)
-        return error_response(422, message, code="invalid_request", param=param)
+        message, param, code = _describe_validation_error(exc)
+        return error_response(422, message, code=code, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:

@@ -11,25 +11,39 @@ header, holds its descriptor forever, and enough of them exhaust the process's d
   ``over_capacity`` at once, before any of its body is read, and its connection closed, so
   descriptors free up; ``/health/live`` is still answered, so an overloaded server is not
   restarted for being alive;
-- JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain.
+- JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain;
+- answers that need no application, written in the callback that parsed the headers, with no
+  ASGI task, middleware or routing (``FastAnswers``): ``/health/live``, and the 429 for an
+  inference route while ``distilserve.server.admission.Admission`` is full. Under overload most requests
+  are refused, so the refusal must cost a small fraction of an answer, or refusing starves the
+  admitted work of the CPU; and a liveness probe must not wait behind the requests it competes
+  with. The ASGI side refuses the same way (``distilserve.server.routing.InferenceRoute``) for what gets
+  past this check (requests started in the same loop turn, apps served without this protocol).
 
-The body-read timeout is the ASGI side's (``server.middleware.BodyLimitMiddleware``): by then
+The body-read timeout is the ASGI side's (``distilserve.server.middleware.BodyLimitMiddleware``): by then
 the request is routed and counted, and its answer goes through the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
+from dataclasses import dataclass
 from typing import Any
 
+import httptools
 import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.errors import error_body
+from distilserve.server.admission import RETRY_AFTER_S, Admission
+from distilserve.server.errors import error_body
+from distilserve.server.metrics import ServerMetrics
 
+LIVE_PATH = "/health/live"
 # Answered even over the connection limit: a liveness probe must not fail because of load.
-ALWAYS_ANSWERED = frozenset({"/health/live"})
+ALWAYS_ANSWERED = frozenset({LIVE_PATH})
 
 
 def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
@@ -42,16 +56,75 @@ def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
     return head.encode("ascii") + body
 
 
+def _raw_answer(status: int, reason: str, body: bytes, extra_headers: str, *, keep_alive: bool) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{extra_headers}"
+        f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+@functools.cache
+def _refusal_bytes(max_requests: int, keep_alive: bool) -> bytes:
+    """The protocol's 429, the same each time: made once, not per refusal."""
+    message = f"server is at capacity ({max_requests} requests in flight); retry later"
+    body = orjson.dumps(error_body(429, message, "queue_full"))
+    retry = f"retry-after: {RETRY_AFTER_S}\r\n"
+    return _raw_answer(429, "Too Many Requests", body, retry, keep_alive=keep_alive)
+
+
+LIVE_BODY = orjson.dumps({"status": "ok"})  # server.service.protocol.Health, as /health/live answers it
+
+
+@dataclass(frozen=True, slots=True)
+class FastAnswers:
+    """What the protocol may answer by itself, and what it needs to decide: the app's admission,
+    the paths it admits (``InferenceRoute``'s), the API key (a request without it gets its 401
+    from the app: the key is checked before admission there too) and the metrics to count in."""
+
+    admission: Admission
+    admitted_paths: frozenset[str]
+    api_key: bytes | None
+    metrics: ServerMetrics
+
+    def refusal(self, path: str, method: str, headers: list[tuple[bytes, bytes]]) -> bool:
+        """True when this request gets the queue-full 429 without reaching the app."""
+        if method != "POST" or path not in self.admitted_paths or not self.admission.full:
+            return False
+        if self.api_key is not None and not self._has_key(headers):
+            return False
+        self.admission.count_refusal()
+        self.metrics.requests.labels("", path, "429").inc()
+        return True
+
+    def _has_key(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        assert self.api_key is not None
+        for name, value in headers:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
+        return False
+
+    def refusal_bytes(self, *, keep_alive: bool) -> bytes:
+        return _refusal_bytes(self.admission.max_requests, keep_alive)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """Set by ``guarded_protocol``: one subclass per server, holding that server's settings."""
 
     header_timeout_s: float = 10.0
     max_connections: int = 1000
+    fast_answers: FastAnswers | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._reading_headers = False
+        # A request answered by the protocol: its body (if any) is read and dropped, then the
+        # connection is kept (or closed, as the request asked).
+        self._answered_early = False
+        self._keep_alive_after = False
 
     # Header-read timeout ------------------------------------------------------------------
 
@@ -92,6 +165,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         self._reading_headers = False
+        if self._answer_early():
+            return
         if len(self.connections) <= self.max_connections:
             super().on_headers_complete()
             return
@@ -123,6 +198,55 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
         return refuse
 
+    # Answers without the application ------------------------------------------------------
+
+    def _answer_early(self) -> bool:
+        """Answer ``/health/live``, or refuse over admission, right here; False to go on as usual."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # a pipelined request: its answer must wait for the one before it
+        method = self.parser.get_method()
+        if method not in (b"GET", b"POST"):
+            return False
+        try:
+            path = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False  # uvicorn's own handling answers it
+        # A client that waits for "100 Continue" may never send its body: close after answering.
+        keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
+        if path == LIVE_PATH.encode() and method == b"GET":
+            answer = _raw_answer(200, "OK", LIVE_BODY, "", keep_alive=keep_alive)
+            if self.fast_answers is not None:
+                self.fast_answers.metrics.requests.labels("", LIVE_PATH, "200").inc()
+        elif self.fast_answers is not None and self.fast_answers.refusal(
+            path.decode("ascii", "replace"), method.decode("ascii"), self.headers
+        ):
+            answer = self.fast_answers.refusal_bytes(keep_alive=keep_alive)
+        else:
+            return False
+        self.transport.write(answer)
+        self._answered_early = True
+        self._keep_alive_after = keep_alive
+        # The rest of the body gets the header timeout to arrive, then the connection is closed.
+        self._arm_header_timer()
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered_early:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._answered_early:
+            super().on_message_complete()
+            return
+        self._answered_early = False
+        self._disarm_header_timer()
+        if not self._keep_alive_after:
+            self.transport.close()
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
     # HTTP syntax errors -------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
@@ -130,10 +254,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(*, header_timeout_s: float, max_connections: int) -> type[GuardedHttpToolsProtocol]:
+def guarded_protocol(
+    *, header_timeout_s: float, max_connections: int, fast_answers: FastAnswers | None = None
+) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for one server (uvicorn instantiates it per connection)."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout_s": header_timeout_s, "max_connections": max_connections},
+        {
+            "header_timeout_s": header_timeout_s,
+            "max_connections": max_connections,
+            "fast_answers": fast_answers,
+        },
     )

@@ -13,14 +13,18 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from models.bundle import MANIFEST_NAME, load_manifest
-from models.errors import DistilserveError
-from models.export.default_model import DEFAULT_BUNDLE_NAME, default_bundle_dir, ensure_default_bundle
-from server.app import build_app
-from server.http_protocol import guarded_protocol
-from server.registry import ModelRegistry
-from server.services import Services
-from server.settings import ModelSpec, ServerSettings
+from distilserve.models.bundle import MANIFEST_NAME, load_manifest
+from distilserve.models.errors import DistilserveError
+from distilserve.models.export.default_model import (
+    DEFAULT_BUNDLE_NAME,
+    default_bundle_dir,
+    ensure_default_bundle,
+)
+from distilserve.server.app import build_app
+from distilserve.server.http_protocol import FastAnswers, guarded_protocol
+from distilserve.server.registry import ModelRegistry
+from distilserve.server.services import Services
+from distilserve.server.settings import ModelSpec, ServerSettings
 
 __all__ = ["ServerSettings", "default_model_specs", "run"]
 
@@ -98,15 +102,34 @@ def uvicorn_server(app: FastAPI, settings: ServerSettings, *, port: int | None =
     return DrainingServer(uvicorn_config(app, settings, port=port), services.registry, settings.drain_s)
 
 
+def fast_answers(app: ASGIApp) -> FastAnswers | None:
+    """What ``distilserve.server.http_protocol`` may answer without ``app``: its admission's 429s (None for an
+    app that ``build_app`` did not build)."""
+    state = getattr(app, "state", None)
+    services = getattr(state, "services", None)
+    admitted_paths = getattr(state, "admitted_paths", None)
+    if not isinstance(services, Services) or not isinstance(admitted_paths, frozenset):
+        return None
+    api_key = services.settings.api_key
+    return FastAnswers(
+        admission=services.admission,
+        admitted_paths=admitted_paths,
+        api_key=None if api_key is None else api_key.get_secret_value().encode(),
+        metrics=services.metrics,
+    )
+
+
 def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None = None) -> uvicorn.Config:
-    """uvicorn (uvloop, httptools) with the connection guards of ``server.http_protocol``."""
+    """uvicorn (uvloop, httptools) with the connection guards of ``distilserve.server.http_protocol``."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port if port is None else port,
         loop="uvloop",
         http=guarded_protocol(
-            header_timeout_s=settings.header_read_timeout_s, max_connections=settings.max_connections
+            header_timeout_s=settings.header_read_timeout_s,
+            max_connections=settings.max_connections,
+            fast_answers=fast_answers(app),
         ),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_config=None,  # keep the structured logging the CLI configured

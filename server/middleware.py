@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import clock
-from server.errors import error_body
-from server.metrics import ServerMetrics
+from distilserve.server import clock
+from distilserve.server.errors import error_body
+from distilserve.server.metrics import ServerMetrics
 
 logger = logging.getLogger("distilserve.access")
 

@@ -4,8 +4,8 @@ A task's ``serving.py`` turns its protocol request into model items and paramete
 ``InferencePipeline.run_texts`` (or, for QA pairs, ``run_items``). Tokenization and
 post-processing run on the model's own thread pool (its CPU lane), never on the event loop, so
 one model's large requests queue behind each other and never in front of another model's; rows
-go to the model's dynamic batcher (``server.batching``). Admission, deadlines and disconnects
-are the HTTP side's (``server.admission``); this module only sees the deadline they set.
+go to the model's dynamic batcher (``distilserve.server.batching``). Admission, deadlines and disconnects
+are the HTTP side's (``distilserve.server.admission``); this module only sees the deadline they set.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from models import ModelRuntime
-from models.bundle import Task
-from models.errors import InputError
-from models.tasks import Prepared
-from server.admission import RETRY_AFTER_S, RequestContext
-from server.batching import (
+from distilserve.models import ModelRuntime
+from distilserve.models.bundle import Task
+from distilserve.models.errors import InputError
+from distilserve.models.tasks import Prepared
+from distilserve.server.admission import RETRY_AFTER_S, RequestContext
+from distilserve.server.batching import (
     BatcherClosedError,
     DeadlineExceededError,
     InferenceFailedError,
     QueueFullError,
 )
-from server.errors import ApiError
-from server.metrics import ServerMetrics
-from server.registry import ModelRegistry, ServedModel
-from server.settings import ServerSettings
+from distilserve.server.errors import ApiError
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.registry import ModelRegistry, ServedModel
+from distilserve.server.settings import ServerSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import ModelRuntime, SessionOptions, load_model
-from models.bundle import Task
-from models.tasks import QAInput
-from server import clock
-from server.batching import BatchPolicy, DynamicBatcher
-from server.errors import ApiError
-from server.metrics import ServerMetrics
-from server.settings import ModelSpec
+from distilserve.models import ModelRuntime, SessionOptions, load_model
+from distilserve.models.bundle import Task
+from distilserve.models.tasks import QAInput
+from distilserve.server import clock
+from distilserve.server.batching import BatchPolicy, DynamicBatcher
+from distilserve.server.errors import ApiError
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.settings import ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from server.auth import check_api_key
-from server.services import get_services
+from distilserve.server.auth import check_api_key
+from distilserve.server.services import get_services
 
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
 

@@ -11,15 +11,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.admission import Admission, RequestContext
-from server.classify.serving import ClassifyService
-from server.embed.serving import EmbedService
-from server.metrics import ServerMetrics
-from server.pipeline import InferencePipeline
-from server.qa.serving import AnswerService
-from server.registry import ModelRegistry
-from server.service.serving import ServiceInfo
-from server.settings import ServerSettings
+from distilserve.server.admission import Admission, RequestContext
+from distilserve.server.classify.serving import ClassifyService
+from distilserve.server.embed.serving import EmbedService
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.pipeline import InferencePipeline
+from distilserve.server.qa.serving import AnswerService
+from distilserve.server.registry import ModelRegistry
+from distilserve.server.service.serving import ServiceInfo
+from distilserve.server.settings import ServerSettings
 
 
 @dataclass(frozen=True, slots=True)

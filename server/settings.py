@@ -10,11 +10,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.batching import SERVER_BATCH_LIMITS
+from distilserve.models.batching import SERVER_BATCH_LIMITS
 
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
-from models.export.default_model import default_cache_dir
-from server.batching import DEFAULT_POLICY
+from distilserve.models.export.default_model import default_cache_dir
+from distilserve.server.batching import DEFAULT_POLICY
 
 
 def is_loopback(host: str) -> bool:

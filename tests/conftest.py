@@ -44,7 +44,7 @@ def _export_all(
     quantize: Literal["int8", "none"],
     tasks: tuple[TinyTask, ...],
 ) -> dict[BundleKey, Path]:
-    from models.export import ExportOptions, export_bundle
+    from distilserve.models.export import ExportOptions, export_bundle
 
     bundles = {}
     for (arch, task), checkpoint in checkpoints.items():

@@ -64,9 +64,9 @@ from distilserve.bench.workloads import (
     qa_workload,
     sweep_workloads,
 )
-from models.bundle import Task, read_manifest
-from models.errors import DistilserveError
-from models.evaluation.data import DataError, default_data_dir
+from distilserve.models.bundle import Task, read_manifest
+from distilserve.models.errors import DistilserveError
+from distilserve.models.evaluation.data import DataError, default_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def checkpoint_for(bundle: Path, explicit: Path | None) -> Path | None:
     source = read_manifest(bundle).source.id
     if Path(source).is_dir():
         return Path(source)
-    from models.export.default_model import DEFAULT_SOURCE_ID, minilm_source
+    from distilserve.models.export.default_model import DEFAULT_SOURCE_ID, minilm_source
 
     if source == DEFAULT_SOURCE_ID:
         with contextlib.suppress(DistilserveError):

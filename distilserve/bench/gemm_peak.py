@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from models.bundle import MODEL_NAME, read_manifest
-from models.session import cpu_count
+from distilserve.models.bundle import MODEL_NAME, read_manifest
+from distilserve.models.session import cpu_count
 
 # (M, K, N): rows x hidden -> hidden*4 and back, the shapes of a batch of 32 x 64 tokens.
 DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (

@@ -27,10 +27,10 @@ import orjson
 
 from distilserve.bench.gemm_peak import EncoderFlops
 from distilserve.bench.loadgen import BenchRequest, Call, ChatTurn
-from models.bundle import TOKENIZER_NAME, Task, read_manifest
-from models.evaluation.data import SQUAD_DEV, SST2_DEV, STSB_DEV, read_squad, read_sst2, read_stsb
-from models.tasks import QAInput, processor_for
-from models.tokenization import ThreadSafeTokenizer
+from distilserve.models.bundle import TOKENIZER_NAME, Task, read_manifest
+from distilserve.models.evaluation.data import SQUAD_DEV, SST2_DEV, STSB_DEV, read_squad, read_sst2, read_stsb
+from distilserve.models.tasks import QAInput, processor_for
+from distilserve.models.tokenization import ThreadSafeTokenizer
 
 WorkloadName = Literal["classify", "qa", "embed", "sweep", "chat"]
 CHAT_PASSAGES = 5

@@ -2,5 +2,6 @@
 
 This subpackage imports torch and transformers (lazily, inside its modules); the runtime and the
 server never import it, so the serving install stays free of both. Entry points:
-``models.distill.cli.run(Settings(...))``, ``python -m distilserve distill``, and ``distilserve distill``.
+``distilserve.models.distill.cli.run(Settings(...))``, ``python -m distilserve distill``, and
+``distilserve distill``.
 """

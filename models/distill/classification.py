@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from models.distill.run import (
+from distilserve.models.distill.run import (
     Job,
     distill_weights,
     environment_record,
@@ -21,7 +21,7 @@ from models.distill.run import (
 )
 
 if TYPE_CHECKING:
-    from models.distill.cli import Settings
+    from distilserve.models.distill.cli import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,19 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
     import transformers
     from transformers import AutoModelForSequenceClassification
 
-    from models.distill.data import encode, infer_label_names, label_ids, read_examples
-    from models.distill.student import (
+    from distilserve.models.distill.augment import AugmentOptions, augment_texts
+    from distilserve.models.distill.data import (
+        concatenate,
+        encode,
+        infer_label_names,
+        label_ids,
+        read_examples,
+    )
+    from distilserve.models.distill.student import (
         build_student,
         num_layers,
     )
-    from models.distill.trainer import (
+    from distilserve.models.distill.trainer import (
         DistillObjective,
         FinetuneObjective,
         Objective,
@@ -62,8 +69,17 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
     train_examples = read_examples(
         settings.train_file, text_column=settings.text_column, label_column=settings.label_column
     )
-    train_examples = train_examples.subsample(settings.max_train_samples, settings.seed)
     dev_examples = None
+    if settings.validation_rows is not None:
+        if settings.dev_file is not None:
+            raise ValueError(
+                "--validation-rows holds out training rows instead of --dev-file: give one of them"
+            )
+        # Split before subsampling, so the held-out rows depend on the seed alone.
+        train_examples, dev_examples = train_examples.split(settings.validation_rows, settings.seed)
+    train_examples = train_examples.subsample(settings.max_train_samples, settings.seed)
+    if settings.augment_copies and settings.mode != "distill":
+        raise ValueError("--augment-copies needs --mode distill: augmented texts are labelled by the teacher")
     if settings.dev_file is not None:
         dev_examples = read_examples(
             settings.dev_file, text_column=settings.text_column, label_column=settings.label_column
@@ -107,6 +123,7 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
 
     teacher_layers = num_layers(teacher.config)
     objective: Objective
+    augmented_rows = 0
     dev_reference = None
     teacher_dev_accuracy = None
     if settings.mode == "distill":
@@ -116,7 +133,21 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
         if weights.beta > 0 and train_set.labels is None:
             raise ValueError("the training file has no labels: distill with --beta 0 (soft targets only)")
         teacher.to(device).eval()
+        augmented_rows = 0
+        if settings.augment_copies:
+            texts = augment_texts(
+                train_examples.texts,
+                AugmentOptions(
+                    copies=settings.augment_copies, mask_token=tokenizer.mask_token, seed=settings.seed
+                ),
+            )
+            augmented_rows = len(texts)
+            train_set = concatenate(train_set, encode(tokenizer, texts, None, max_length))
         logits = teacher_logits(teacher, teacher_dir, train_set, settings, pad_token_id, device, "train")
+        if augmented_rows and train_set.labels is not None:
+            # The copies' hard labels are the teacher's: a perturbation may have changed the meaning.
+            originals = len(train_set) - augmented_rows
+            train_set.labels[originals:] = [int(label) for label in logits[originals:].argmax(axis=-1)]
         if dev_set is not None:
             dev_logits = teacher_logits(teacher, teacher_dir, dev_set, settings, pad_token_id, device, "dev")
             dev_reference = dev_logits.argmax(axis=-1)
@@ -137,10 +168,20 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
     record: dict[str, Any] = {
         **model_record(settings, teacher_layers, layers, model),
         "labels": names,
-        "train": {"file": str(settings.train_file), "rows": len(train_set), "tokens": train_set.num_tokens},
+        "train": {
+            "file": str(settings.train_file),
+            "rows": len(train_set),
+            "augmented_rows": augmented_rows,
+            "tokens": train_set.num_tokens,
+        },
         "dev": None
         if dev_set is None
-        else {"file": str(settings.dev_file), "rows": len(dev_set), "teacher_accuracy": teacher_dev_accuracy},
+        else {
+            "file": str(settings.dev_file or settings.train_file),
+            "held_out_from_train": settings.validation_rows is not None,
+            "rows": len(dev_set),
+            "teacher_accuracy": teacher_dev_accuracy,
+        },
         **environment_record(settings, device),
     }
     logger.info(

@@ -110,6 +110,23 @@ class Settings(BaseSettings):
     max_train_samples: int | None = Field(
         None, ge=1, description="train on a seeded random subset of this many rows"
     )
+    validation_rows: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "hold out this many seeded training rows as the validation set that --eval-every scores and "
+            "the kept checkpoint is chosen on, so that tuning never sees the dev set (instead of --dev-file; "
+            "the same seed holds out the same rows in the teacher's and the student's runs)"
+        ),
+    )
+    augment_copies: int = Field(
+        0,
+        ge=0,
+        description=(
+            "classification distill mode: add up to N perturbed copies of each training text (masked and "
+            "swapped words, n-gram spans) to the transfer set, labelled by the teacher alone"
+        ),
+    )
     max_dev_samples: int | None = Field(
         None, ge=1, description="score on a seeded random subset of the dev rows"
     )
@@ -152,17 +169,20 @@ class Settings(BaseSettings):
 def train_from_settings(settings: Settings) -> dict[str, Any]:
     """Run one fine-tuning or distillation job; returns the record saved as training.json."""
     if settings.task == "question-answering":
-        from models.distill.question_answering import train_question_answering
+        from distilserve.models.distill.question_answering import train_question_answering
+
+        if settings.validation_rows is not None or settings.augment_copies:
+            raise ValueError("--validation-rows and --augment-copies are for text classification")
 
         return train_question_answering(settings)
-    from models.distill.classification import train_classifier
+    from distilserve.models.distill.classification import train_classifier
 
     return train_classifier(settings)
 
 
 def run(settings: Settings) -> int:
     """Entry point of ``distilserve distill``: 0 on success, 2 for bad input or options."""
-    from models.distill.data import DataError
+    from distilserve.models.distill.data import DataError
 
     try:
         record = train_from_settings(settings)

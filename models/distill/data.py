@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.batching import BatchLimits, plan_batches
+from distilserve.models.batching import BatchLimits, plan_batches
 
 # Re-exported: callers import DataError from here (one class, defined in models.errors).
-from models.errors import DataError as DataError
+from distilserve.models.errors import DataError as DataError
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,22 @@ class TextExamples:
         keep = sorted(random.Random(seed).sample(range(len(self.texts)), limit))
         labels = None if self.labels is None else [self.labels[index] for index in keep]
         return TextExamples([self.texts[index] for index in keep], labels, self.source)
+
+    def split(self, held_out: int, seed: int) -> tuple[TextExamples, TextExamples]:
+        """The rows minus a seeded random ``held_out`` of them, and those rows (both in file order)."""
+        if not 0 < held_out < len(self.texts):
+            raise DataError(self.source, f"cannot hold out {held_out} of {len(self.texts)} rows")
+        chosen = set(random.Random(seed).sample(range(len(self.texts)), held_out))
+        parts = ([i for i in range(len(self.texts)) if i not in chosen], sorted(chosen))
+        rest, validation = (
+            TextExamples(
+                [self.texts[i] for i in rows],
+                None if self.labels is None else [self.labels[i] for i in rows],
+                self.source,
+            )
+            for rows in parts
+        )
+        return rest, validation
 
 
 def _pick_text_column(path: Path, columns: Sequence[str], text_column: str | None) -> str:
@@ -232,6 +249,20 @@ def encode(tokenizer: Any, texts: Sequence[str], labels: list[int] | None, max_l
     return EncodedSet(input_ids=encoded["input_ids"], token_type_ids=type_ids, labels=labels)
 
 
+def concatenate(first: EncodedSet, second: EncodedSet) -> EncodedSet:
+    """Rows of ``first`` then ``second``; labels where ``first`` has them (``second``'s missing ones
+    are placeholders, 0, for the caller to fill)."""
+    if (first.token_type_ids is None) != (second.token_type_ids is None):
+        raise ValueError("cannot join encodings with and without token type ids")
+    type_ids = None
+    if first.token_type_ids is not None and second.token_type_ids is not None:
+        type_ids = first.token_type_ids + second.token_type_ids
+    labels = None
+    if first.labels is not None:
+        labels = first.labels + (second.labels if second.labels is not None else [0] * len(second))
+    return EncodedSet(input_ids=first.input_ids + second.input_ids, token_type_ids=type_ids, labels=labels)
+
+
 def length_grouped_batches(
     lengths: Sequence[int], batch_size: int, rng: random.Random, *, group_batches: int = 50
 ) -> list[list[int]]:
@@ -331,7 +362,8 @@ def load_cached_logits(path: Path, rows: int) -> np.ndarray | None:
 
 def save_cached_logits(path: Path, logits: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so that an interrupted run never leaves a truncated cache entry.
-    partial = path.with_name(path.name + ".partial.npy")
+    # Write then rename, so that an interrupted run never leaves a truncated cache entry; the
+    # partial file is per process, as runs of a sweep may fill the same entry at once.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial.npy")
     np.save(partial, logits.astype(np.float32, copy=False), allow_pickle=False)
     partial.replace(path)

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from models.distill.cli import Settings
+    from distilserve.models.distill.cli import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
     import transformers
     from transformers import AutoModelForQuestionAnswering
 
-    from models.distill.run import (
+    from distilserve.models.distill.run import (
         Job,
         distill_weights,
         environment_record,
@@ -46,18 +46,18 @@ def train_question_answering(settings: Settings) -> dict[str, Any]:
         student_layers,
         teacher_logits,
     )
-    from models.distill.squad import (
+    from distilserve.models.distill.squad import (
         question_answering_features,
         read_id_list,
         read_squad_questions,
         squad_dev_scores,
         subsample_questions,
     )
-    from models.distill.student import (
+    from distilserve.models.distill.student import (
         build_student,
         num_layers,
     )
-    from models.distill.trainer import (
+    from distilserve.models.distill.trainer import (
         EvalRecord,
         Objective,
         QuestionAnsweringDistillObjective,

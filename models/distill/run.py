@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
     import torch
 
-    from models.distill.cli import Settings
-    from models.distill.data import EncodedSet
-    from models.distill.losses import DistillWeights
-    from models.distill.trainer import Evaluator, Objective
+    from distilserve.models.distill.cli import Settings
+    from distilserve.models.distill.data import EncodedSet
+    from distilserve.models.distill.losses import DistillWeights
+    from distilserve.models.distill.trainer import Evaluator, Objective
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ TRAINING_RECORD = "training.json"
 
 def write_checkpoint(model: Any, tokenizer: Any, output: Path, record: dict[str, Any]) -> None:
     """Save weights, config and tokenizer into ``output`` all at once (never half-written)."""
-    from models.bundle import atomic_bundle_dir
+    from distilserve.models.bundle import atomic_bundle_dir
 
     with atomic_bundle_dir(output, overwrite=True) as staging:
         model.save_pretrained(staging, safe_serialization=True)
@@ -60,14 +60,14 @@ def teacher_logits(
     """
     import numpy as np
 
-    from models.distill.data import (
+    from distilserve.models.distill.data import (
         checkpoint_fingerprint,
         data_fingerprint,
         fingerprint,
         load_cached_logits,
         save_cached_logits,
     )
-    from models.distill.trainer import classification_logits, predict_logits
+    from distilserve.models.distill.trainer import classification_logits, predict_logits
 
     key = fingerprint(checkpoint_fingerprint(teacher_dir), data_fingerprint(data))
     path = settings.cache_dir / f"teacher-logits-{key}.npy"
@@ -139,7 +139,7 @@ def start_run(settings: Settings) -> RunStart:
     import torch
     from transformers import AutoTokenizer
 
-    from models.distill.trainer import resolve_device, seed_everything
+    from distilserve.models.distill.trainer import resolve_device, seed_everything
 
     started = time.perf_counter()
     check_output(settings)
@@ -155,7 +155,7 @@ def start_run(settings: Settings) -> RunStart:
 
 
 def distill_weights(settings: Settings) -> DistillWeights:
-    from models.distill.losses import DistillWeights
+    from distilserve.models.distill.losses import DistillWeights
 
     return DistillWeights(
         temperature=settings.temperature,
@@ -167,14 +167,14 @@ def distill_weights(settings: Settings) -> DistillWeights:
 
 def student_layers(settings: Settings, teacher_layers: int) -> list[int]:
     """The layers a distilled student keeps: the chosen ones, or every other layer."""
-    from models.distill.student import default_student_layers, validate_layers
+    from distilserve.models.distill.student import default_student_layers, validate_layers
 
     return validate_layers(settings.student_layers or default_student_layers(teacher_layers), teacher_layers)
 
 
 def finetuned_model(settings: Settings, base: Any, teacher_layers: int) -> tuple[Any, list[int]]:
     """Fine-tuning trains the base model itself, or a truncated copy when layers are chosen."""
-    from models.distill.student import build_student
+    from distilserve.models.distill.student import build_student
 
     layers = settings.student_layers or list(range(teacher_layers))
     return (base if len(layers) == teacher_layers else build_student(base, layers)), layers
@@ -182,7 +182,7 @@ def finetuned_model(settings: Settings, base: Any, teacher_layers: int) -> tuple
 
 def model_record(settings: Settings, teacher_layers: int, layers: list[int], model: Any) -> dict[str, Any]:
     """What a record says of the model: where it started, which layers, how many parameters."""
-    from models.distill.student import count_parameters
+    from distilserve.models.distill.student import count_parameters
 
     return {
         "mode": settings.mode,
@@ -231,7 +231,7 @@ class Job:
 
 def fit(job: Job) -> dict[str, Any]:
     """Train, keeping the best checkpoint by the dev score; returns the final record."""
-    from models.distill.trainer import TrainOptions, train
+    from distilserve.models.distill.trainer import TrainOptions, train
 
     settings = job.settings
     if settings.freeze_embeddings:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from models.distill.data import DataError, EncodedSet
-from models.evaluation.metrics import squad_scores
+from distilserve.models.distill.data import DataError, EncodedSet
+from distilserve.models.evaluation.metrics import squad_scores
 
 # run_qa.py's default: answers longer than this many tokens are not considered when decoding.
 MAX_ANSWER_TOKENS = 30

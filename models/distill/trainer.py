@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models.distill.data import EncodedSet, collate, length_grouped_batches, sorted_batches
-from models.distill.losses import DistillWeights, distillation_loss, span_rows
+from distilserve.models.distill.data import EncodedSet, collate, length_grouped_batches, sorted_batches
+from distilserve.models.distill.losses import DistillWeights, distillation_loss, span_rows
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 numpy only on the bundle path: torch is imported when a PyTorch source is scored, never before.
 """
 
-from models.evaluation.metrics import (
+from distilserve.models.evaluation.metrics import (
     accuracy,
     exact_match,
     f1,

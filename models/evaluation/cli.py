@@ -29,9 +29,9 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.bundle import Manifest, read_manifest
-from models.errors import DistilserveError
-from models.evaluation.data import (
+from distilserve.models.bundle import Manifest, read_manifest
+from distilserve.models.errors import DistilserveError
+from distilserve.models.evaluation.data import (
     SQUAD_DEV,
     SST2_DEV,
     STSB_DEV,
@@ -41,8 +41,8 @@ from models.evaluation.data import (
     read_sst2,
     read_stsb,
 )
-from models.evaluation.metrics import accuracy, cosine_rows, spearman, squad_scores
-from models.evaluation.scorers import BundleScorer, Scorer, TorchScorer
+from distilserve.models.evaluation.metrics import accuracy, cosine_rows, spearman, squad_scores
+from distilserve.models.evaluation.scorers import BundleScorer, Scorer, TorchScorer
 
 logger = logging.getLogger(__name__)
 

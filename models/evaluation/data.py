@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # Re-exported: callers import DataError from here (one class, defined in models.errors).
-from models.errors import DataError as DataError
+from distilserve.models.errors import DataError as DataError
 
 DATA_DIR_ENV = "DISTILSERVE_DATA_DIR"
 SST2_DEV = "sst2_dev.tsv"

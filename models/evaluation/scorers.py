@@ -16,12 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.batching import OFFLINE_BATCH_LIMITS, plan_batches
-from models.bundle import Pooling
-from models.evaluation.data import SquadExample
-from models.runtime import load_model
-from models.session import SessionOptions
-from models.tasks import LabelScore, QAInput
+from distilserve.models.batching import OFFLINE_BATCH_LIMITS, plan_batches
+from distilserve.models.bundle import Pooling
+from distilserve.models.evaluation.data import SquadExample
+from distilserve.models.runtime import load_model
+from distilserve.models.session import SessionOptions
+from distilserve.models.tasks import LabelScore, QAInput
 
 # Label names that mean SST-2's classes, whatever casing a checkpoint's config uses.
 POSITIVE_NAMES = frozenset({"positive", "pos", "label_1"})

@@ -3,14 +3,14 @@
 Importing this package is cheap: torch, transformers and optimum are imported inside the
 functions that run an export, so ``models`` stays importable with the runtime install alone.
 
-    from models.export import ExportOptions, export_bundle
+    from distilserve.models.export import ExportOptions, export_bundle
     manifest = export_bundle(ExportOptions(source="path/to/checkpoint", output=Path("bundles/m")))
 """
 
-from models.export.exporter import ExportOptions, export_bundle, summary_lines
-from models.export.isa import QuantScheme, detect_isa, resolve_scheme
-from models.export.parity import Thresholds
-from models.export.source import infer_task
+from distilserve.models.export.exporter import ExportOptions, export_bundle, summary_lines
+from distilserve.models.export.isa import QuantScheme, detect_isa, resolve_scheme
+from distilserve.models.export.parity import Thresholds
+from distilserve.models.export.source import infer_task
 
 __all__ = [
     "ExportOptions",

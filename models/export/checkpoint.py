@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
-from models.bundle import Pooling, ProblemType, Task
-from models.errors import ExportError
-from models.export.source import (
+from distilserve.models.bundle import Pooling, ProblemType, Task
+from distilserve.models.errors import ExportError
+from distilserve.models.export.source import (
     SentenceTransformersInfo,
     Source,
     infer_task,
@@ -21,7 +21,7 @@ from models.export.source import (
 )
 
 if TYPE_CHECKING:
-    from models.export.exporter import ExportOptions
+    from distilserve.models.export.exporter import ExportOptions
 
 # Tokenizers report this (or larger) as model_max_length when they have no real limit.
 NO_TOKENIZER_LIMIT = 1_000_000

@@ -15,12 +15,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.bundle import Pooling, Task
-from models.errors import DistilserveError
-from models.export.default_model import default_cache_dir, ensure_default_bundle
-from models.export.exporter import ExportOptions, export_bundle
-from models.export.isa import IsaChoice
-from models.export.parity import Thresholds
+from distilserve.models.bundle import Pooling, Task
+from distilserve.models.errors import DistilserveError
+from distilserve.models.export.default_model import default_cache_dir, ensure_default_bundle
+from distilserve.models.export.exporter import ExportOptions, export_bundle
+from distilserve.models.export.isa import IsaChoice
+from distilserve.models.export.parity import Thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         None, description="embedding pooling; from the sentence-transformers config when unset, else mean"
     )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) to export")
+    source_name: str | None = Field(
+        None,
+        description=(
+            "the source id the manifest records (default: the hub id or the local folder); name the "
+            "recipe rather than the path of a checkpoint on the machine that built it"
+        ),
+    )
     samples: Path | None = Field(
         None, description="extra sample inputs for the checks, one per line (question<TAB>context for QA)"
     )
@@ -122,6 +129,7 @@ class Settings(BaseSettings):
             opset=self.opset,
             pooling=self.pooling,
             revision=self.revision,
+            source_name=self.source_name,
             samples=self.samples,
             overwrite=self.overwrite,
             keep_fp32=tuple(self.keep_fp32),

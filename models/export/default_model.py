@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.bundle import read_manifest
-from models.errors import BundleError, ExportError
-from models.export.exporter import ExportOptions, export_bundle
+from distilserve.models.bundle import read_manifest
+from distilserve.models.errors import BundleError, ExportError
+from distilserve.models.export.exporter import ExportOptions, export_bundle
 
 logger = logging.getLogger(__name__)
 

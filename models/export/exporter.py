@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from models.bundle import (
+from distilserve.models.bundle import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     MODEL_NAME,
@@ -48,10 +48,10 @@ from models.bundle import (
     atomic_bundle_dir,
     hash_files,
 )
-from models.errors import BundleError, ExportError
-from models.export.checkpoint import Checkpoint, load_checkpoint
-from models.export.isa import IsaChoice, QuantScheme, resolve_scheme
-from models.export.parity import (
+from distilserve.models.errors import BundleError, ExportError
+from distilserve.models.export.checkpoint import Checkpoint, load_checkpoint
+from distilserve.models.export.isa import IsaChoice, QuantScheme, resolve_scheme
+from distilserve.models.export.parity import (
     Outputs,
     SampleBatch,
     Thresholds,
@@ -63,13 +63,13 @@ from models.export.parity import (
     run_onnx,
     run_torch,
 )
-from models.export.quantize import fuse_transformer_graph, nodes_matching, quantize_int8
-from models.export.samples import export_samples
-from models.export.source import (
+from distilserve.models.export.quantize import fuse_transformer_graph, nodes_matching, quantize_int8
+from distilserve.models.export.samples import export_samples
+from distilserve.models.export.source import (
     weight_files,
     weights_sha256,
 )
-from models.tokenization import ThreadSafeTokenizer
+from distilserve.models.tokenization import ThreadSafeTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ STEPS = 5
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """Everything ``distilserve export`` takes (``models.export.cli.Settings`` maps onto this)."""
+    """Everything ``distilserve export`` takes (``distilserve.models.export.cli.Settings`` maps onto this)."""
 
     source: str
     output: Path

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from models.batching import EncodedRow, assemble_batch
-from models.bundle import ParityCheck, ProblemType, Task
-from models.export.samples import SampleSet, batch_slices
-from models.session import OnnxSession, SessionOptions
-from models.tasks.classify import activation
-from models.tasks.embed import pool
-from models.tokenization import ThreadSafeTokenizer, TruncationConfig
+from distilserve.models.batching import EncodedRow, assemble_batch
+from distilserve.models.bundle import ParityCheck, ProblemType, Task
+from distilserve.models.export.samples import SampleSet, batch_slices
+from distilserve.models.session import OnnxSession, SessionOptions
+from distilserve.models.tasks.classify import activation
+from distilserve.models.tasks.embed import pool
+from distilserve.models.tokenization import ThreadSafeTokenizer, TruncationConfig
 
 Outputs = dict[str, np.ndarray]
 

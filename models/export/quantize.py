@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.export.isa import QuantScheme
+from distilserve.models.export.isa import QuantScheme
 
 logger = logging.getLogger(__name__)
 

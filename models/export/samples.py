@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import ExportError
+from distilserve.models.errors import ExportError
 
 SAMPLE_TEXTS: tuple[str, ...] = (
     "Hi.",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.bundle import Pooling, Task, sha256_file
-from models.errors import ExportError
+from distilserve.models.bundle import Pooling, Task, sha256_file
+from distilserve.models.errors import ExportError
 
 # "name" or "org/name", as the Hub spells repository ids.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.bundle import Manifest, Task
-from models.tasks.base import Prepared, TaskProcessor
-from models.tasks.classify import ClassifyParams, ClassifyProcessor, LabelScore
-from models.tasks.embed import EmbedParams, EmbedProcessor
-from models.tasks.qa import Answer, QAInput, QAParams, QuestionAnsweringProcessor
-from models.tokenization import ThreadSafeTokenizer
+from distilserve.models.bundle import Manifest, Task
+from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tasks.classify import ClassifyParams, ClassifyProcessor, LabelScore
+from distilserve.models.tasks.embed import EmbedParams, EmbedProcessor
+from distilserve.models.tasks.qa import Answer, QAInput, QAParams, QuestionAnsweringProcessor
+from distilserve.models.tokenization import ThreadSafeTokenizer
 
 PROCESSORS: dict[Task, type[TaskProcessor[Any, Any, Any]]] = {
     "text-classification": ClassifyProcessor,

@@ -3,8 +3,8 @@
 A processor turns one input item into model rows (``prepare``), turns a batch's raw outputs
 into per-row outputs (``split_outputs``, vectorised over the whole batch), and turns the
 outputs of one item's rows into its result (``finish``). The batching and session mechanism
-(offline in ``models.runtime``, online in ``server.batching``) is the same for every task and
-never looks inside these.
+(offline in ``distilserve.models.runtime``, online in ``distilserve.server.batching``) is the same
+for every task and never looks inside these.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from models.batching import BatchArrays, EncodedRow
-from models.bundle import Manifest, Task
-from models.tokenization import ThreadSafeTokenizer
+from distilserve.models.batching import BatchArrays, EncodedRow
+from distilserve.models.bundle import Manifest, Task
+from distilserve.models.tokenization import ThreadSafeTokenizer
 
 ItemT = TypeVar("ItemT")
 ParamsT = TypeVar("ParamsT")

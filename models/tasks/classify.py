@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from models.batching import BatchArrays, EncodedRow
-from models.bundle import ProblemType, Task
-from models.errors import InputError, InputTooLongError
-from models.tasks.base import Prepared, TaskProcessor
-from models.tokenization import TruncationConfig
+from distilserve.models.batching import BatchArrays, EncodedRow
+from distilserve.models.bundle import ProblemType, Task
+from distilserve.models.errors import InputError, InputTooLongError
+from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tokenization import TruncationConfig
 
 
 @dataclass(frozen=True, slots=True)

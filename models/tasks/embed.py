@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.batching import BatchArrays
-from models.bundle import Task
-from models.tasks.base import Prepared, TaskProcessor
-from models.tasks.classify import encode_single_text
+from distilserve.models.batching import BatchArrays
+from distilserve.models.bundle import Task
+from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tasks.classify import encode_single_text
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,11 @@ from typing import ClassVar
 import numpy as np
 from tokenizers import Encoding
 
-from models.batching import BatchArrays, EncodedRow
-from models.bundle import Task
-from models.errors import InputError
-from models.tasks.base import Prepared, TaskProcessor
-from models.tokenization import TruncationConfig
+from distilserve.models.batching import BatchArrays, EncodedRow
+from distilserve.models.bundle import Task
+from distilserve.models.errors import InputError
+from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tokenization import TruncationConfig
 
 # The pipeline's defaults: windows of at most 384 tokens, overlapping by half a window, at most 128.
 PIPELINE_MAX_SEQ_LEN = 384

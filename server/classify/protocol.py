@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from server.common_protocol import Text, TextOrTexts, Usage
+from distilserve.server.common_protocol import PositiveInteger, Text, TextOrTexts, Usage
 
 
 class ClassifyRequest(BaseModel):
@@ -19,7 +19,7 @@ class ClassifyRequest(BaseModel):
         None, description="model name; optional when one classification model is served"
     )
     input: TextOrTexts = Field(description="one text or a list of texts")
-    top_k: StrictInt | None = Field(1, ge=1, description="labels per text, best first; null for all")
+    top_k: PositiveInteger | None = Field(1, description="labels per text, best first; null for all")
     raw_scores: StrictBool = Field(False, description="return logits instead of probabilities")
     truncate: StrictBool = Field(
         True, description="cut texts longer than the model's limit instead of failing"
@@ -50,7 +50,7 @@ class InferenceParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: StrictInt | None = Field(None, ge=1, description="labels per text, best first; null for all")
+    top_k: PositiveInteger | None = Field(None, description="labels per text, best first; null for all")
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
         None, description="softmax (the default) over the logits, a sigmoid of each, or the logits"
     )
@@ -69,7 +69,7 @@ class PredictRequest(BaseModel):
     inputs: TextOrTexts
     raw_scores: StrictBool = False
     truncate: StrictBool = False
-    top_k: StrictInt | None = Field(None, ge=1)
+    top_k: PositiveInteger | None = None
     model: Text | None = None
     parameters: InferenceParameters | None = Field(
         None,

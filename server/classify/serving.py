@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import math
 
-from models.bundle import Task
-from models.tasks import ClassifyParams, LabelScore
-from server.admission import RequestContext
-from server.classify.protocol import (
+from distilserve.models.bundle import Task
+from distilserve.models.tasks import ClassifyParams, LabelScore
+from distilserve.server.admission import RequestContext
+from distilserve.server.classify.protocol import (
     Classification,
     ClassifyRequest,
     ClassifyResponse,
     LabelScoreOut,
     PredictRequest,
 )
-from server.common_protocol import Usage
-from server.pipeline import InferencePipeline
+from distilserve.server.common_protocol import Usage
+from distilserve.server.pipeline import InferencePipeline
 
 TASK: Task = "text-classification"
 

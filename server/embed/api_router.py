@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from server.admission import with_cancellation
-from server.common_protocol import ERROR_RESPONSES
-from server.embed.protocol import EmbeddingRequest, EmbeddingResponse, EmbedRequest
-from server.responses import OrjsonResponse
-from server.routing import InferenceRoute
-from server.services import ContextDep, ServicesDep
+from distilserve.server.admission import with_cancellation
+from distilserve.server.common_protocol import ERROR_RESPONSES
+from distilserve.server.embed.protocol import EmbeddingRequest, EmbeddingResponse, EmbedRequest
+from distilserve.server.responses import OrjsonResponse
+from distilserve.server.routing import InferenceRoute
+from distilserve.server.services import ContextDep, ServicesDep
 
 router = APIRouter(tags=["embeddings"], route_class=InferenceRoute, responses=ERROR_RESPONSES)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from server.common_protocol import Text, TextOrTexts, Usage
+from distilserve.server.common_protocol import PositiveInteger, Text, TextOrTexts, Usage
 
 
 def _reject_token_ids(value: object) -> object:
@@ -29,7 +29,9 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 bytes, what the openai client asks for by default"
     )
-    dimensions: StrictInt | None = Field(None, ge=1, description="keep the first N dimensions (renormalised)")
+    dimensions: PositiveInteger | None = Field(
+        None, description="keep the first N dimensions (renormalised); at most the model's, /info hidden_size"
+    )
     user: Text | None = None
 
     _no_token_ids = field_validator("input", mode="before")(_reject_token_ids)
@@ -58,7 +60,7 @@ class EmbedRequest(BaseModel):
     inputs: TextOrTexts
     normalize: StrictBool = True
     truncate: StrictBool = False
-    dimensions: StrictInt | None = Field(None, ge=1)
+    dimensions: PositiveInteger | None = None
     model: Text | None = None
 
     _no_token_ids = field_validator("inputs", mode="before")(_reject_token_ids)

@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import Task
-from models.tasks import EmbedParams
-from models.tasks.embed import l2_normalize
-from server.admission import RequestContext
-from server.common_protocol import Usage
-from server.embed.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbedRequest
-from server.errors import ApiError
-from server.pipeline import InferencePipeline
-from server.registry import ServedModel
+from distilserve.models.bundle import Task
+from distilserve.models.tasks import EmbedParams
+from distilserve.models.tasks.embed import l2_normalize
+from distilserve.server.admission import RequestContext
+from distilserve.server.common_protocol import Usage
+from distilserve.server.embed.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbedRequest
+from distilserve.server.errors import ApiError
+from distilserve.server.pipeline import InferencePipeline
+from distilserve.server.registry import ServedModel
 
 TASK: Task = "feature-extraction"
 

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from server.common_protocol import Text
+from distilserve.server.common_protocol import InputText, PositiveInteger, Text, WholeNumber
+
+# A length in tokens, at most a model's longest input.
+TokenCount = Annotated[StrictInt, Field(ge=1, le=512), WholeNumber]
 
 
 class QuestionContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: Text
-    context: Text
+    question: InputText
+    context: InputText
 
 
 class AnswerParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    top_k: StrictInt = Field(1, ge=1, le=100, description="answers per input, best first")
-    doc_stride: StrictInt | None = Field(
-        None,
-        ge=1,
-        description="overlap, in tokens, between windows of a long context (default min(128, len/2))",
+    top_k: Annotated[StrictInt, Field(ge=1, le=100), WholeNumber] = Field(
+        1, description="answers per input, best first"
     )
-    max_answer_len: StrictInt = Field(15, ge=1, le=512, description="longest answer, in tokens")
-    max_question_len: StrictInt = Field(64, ge=1, le=512, description="question tokens kept")
+    doc_stride: PositiveInteger | None = Field(
+        None,
+        description=(
+            "overlap, in tokens, between windows of a long context (default min(128, len/2)); at most"
+            " the window, min(384, the model's max_length in /info): larger is a 422 naming doc_stride"
+        ),
+    )
+    max_answer_len: TokenCount = Field(15, description="longest answer, in tokens")
+    max_question_len: TokenCount = Field(64, description="question tokens kept")
     handle_impossible_answer: StrictBool = Field(
         False, description="allow an empty answer when no span beats it"
     )
@@ -46,7 +55,9 @@ class AnswerRequest(BaseModel):
     )
 
     model: Text | None = Field(None, description="model name; optional when one QA model is served")
-    inputs: QuestionContext | list[QuestionContext] = Field(description="one question and context, or a list")
+    inputs: QuestionContext | Annotated[list[QuestionContext], Field(min_length=1)] = Field(
+        description="one question and context, or a non-empty list"
+    )
     parameters: AnswerParameters = Field(default_factory=lambda: AnswerParameters())
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from models.bundle import Task
-from models.tasks import QAInput, QAParams
-from server.admission import RequestContext
-from server.pipeline import InferencePipeline
-from server.qa.protocol import AnswerOut, AnswerRequest
+from distilserve.models.bundle import Task
+from distilserve.models.tasks import QAInput, QAParams
+from distilserve.server.admission import RequestContext
+from distilserve.server.pipeline import InferencePipeline
+from distilserve.server.qa.protocol import AnswerOut, AnswerRequest
 
 TASK: Task = "question-answering"
 

@@ -8,11 +8,11 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from server.auth import require_api_key_for_metrics
-from server.responses import OrjsonResponse
-from server.routing import KeyedRoute
-from server.service.protocol import Health, Info, ModelList
-from server.services import ServicesDep
+from distilserve.server.auth import require_api_key_for_metrics
+from distilserve.server.responses import OrjsonResponse
+from distilserve.server.routing import KeyedRoute
+from distilserve.server.service.protocol import Health, Info, ModelList
+from distilserve.server.services import ServicesDep
 
 health_router = APIRouter(tags=["service"])
 # The API's documents, when they sit behind the key (docs_access "protected" with a key set);

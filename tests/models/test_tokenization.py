@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from models.tokenization import MAX_CACHED_SETTINGS, ThreadSafeTokenizer, TruncationConfig
+from distilserve.models.tokenization import MAX_CACHED_SETTINGS, ThreadSafeTokenizer, TruncationConfig
 from tests.tiny_models import Arch, TinyTask, corpus
 
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from models.batching import EncodedRow
-from server.app import build_app
-from server.main import uvicorn_server
-from server.services import Services
-from server.settings import ServerSettings
+from distilserve.models.batching import EncodedRow
+from distilserve.server.app import build_app
+from distilserve.server.main import uvicorn_server
+from distilserve.server.services import Services
+from distilserve.server.settings import ServerSettings
 from tests.tiny_models import Arch, TinyTask
 
 BundleMap = dict[tuple[Arch, TinyTask], Path]

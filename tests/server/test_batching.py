@@ -9,9 +9,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from models.batching import BatchLimits, EncodedRow
-from server.batching import DEFAULT_POLICY, BatchPolicy, DeadlineExceededError, DynamicBatcher, QueueFullError
-from server.metrics import ServerMetrics
+from distilserve.models.batching import BatchLimits, EncodedRow
+from distilserve.server.batching import (
+    DEFAULT_POLICY,
+    BatchPolicy,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
+)
+from distilserve.server.metrics import ServerMetrics
 from tests.server.conftest import WAIT_S, until
 
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from models import load_model
-from models.export.default_model import DEFAULT_BUNDLE_NAME
-from server.app import build_app
-from server.main import default_model_specs
-from server.settings import ServerSettings
+from distilserve.models import load_model
+from distilserve.models.export.default_model import DEFAULT_BUNDLE_NAME
+from distilserve.server.app import build_app
+from distilserve.server.main import default_model_specs
+from distilserve.server.settings import ServerSettings
 from tests.server.conftest import LiveServer
 
 pytestmark = pytest.mark.slow

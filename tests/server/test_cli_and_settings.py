@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from distilserve.cli import COMMANDS, add_settings_arguments, main
-from models.bundle import MODEL_NAME
-from server.main import run
-from server.settings import ModelSpec, ServerSettings
+from distilserve.models.bundle import MODEL_NAME
+from distilserve.server.main import run
+from distilserve.server.settings import ModelSpec, ServerSettings
 
 
 def parse(argv: list[str]) -> ServerSettings:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from server.app import build_app
-from server.main import uvicorn_config
-from server.settings import ServerSettings
+from distilserve.server.app import build_app
+from distilserve.server.main import uvicorn_config
+from distilserve.server.settings import ServerSettings
 from tests.server.conftest import WAIT_S, LiveServer, wait_until
 
 CLASSIFY_HEAD = (

@@ -1,7 +1,7 @@
 """Deadlines count from arrival and are checked at every hand-off; overload is refused before the
 body is read; one model's backlog does not hold up another's.
 
-Time moves on a movable clock (``server.clock.now``), never by sleeping; the order of steps
+Time moves on a movable clock (``distilserve.server.clock.now``), never by sleeping; the order of steps
 rests on events (a held batch) and on states polled until they hold.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from models import ModelRuntime
-from server import clock
+from distilserve.models import ModelRuntime
+from distilserve.server import clock
 from tests.server.conftest import (
     WAIT_S,
     hold_forward,

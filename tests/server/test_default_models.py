@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from server.app import build_app
-from server.main import default_model_specs
-from server.settings import ServerSettings
+from distilserve.server.app import build_app
+from distilserve.server.main import default_model_specs
+from distilserve.server.settings import ServerSettings
 
 
 def test_the_shipped_sentiment_student_is_served_by_default(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from models import load_model
-from models.tasks import ClassifyParams, EmbedParams, QAInput, QAParams
+from distilserve.models import load_model
+from distilserve.models.tasks import ClassifyParams, EmbedParams, QAInput, QAParams
 from tests.server.conftest import BundleMap
 
 TEXTS = ["the film was wonderful", "The service was awful, slow and boring from start to finish.", "Ok."]

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from server.errors import error_body
+from distilserve.server.errors import error_body
 from tests.server.conftest import running_app
 
 LONG_TEXT = "word " * 400  # far beyond the tiny models' 128 tokens
@@ -62,8 +62,16 @@ BAD_INPUTS: list[tuple[str, Any, int, str | None, str | None]] = [
     ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 422, "invalid_request", "encoding_format"),
     ("/v1/embeddings", {"input": "x", "dimensions": 0}, 422, "invalid_request", "dimensions"),
     ("/embed", {"inputs": LONG_TEXT}, 422, "input_too_long", "inputs"),
-    ("/v1/answer", {"inputs": {"question": "", "context": CONTEXT}}, 422, "invalid_input", None),
-    ("/v1/answer", {"inputs": {"question": "Where?", "context": " "}}, 422, "invalid_input", None),
+    ("/v1/answer", {"inputs": {"question": "", "context": CONTEXT}}, 422, "invalid_input", "inputs.question"),
+    (
+        "/v1/answer",
+        {"inputs": {"question": "Where?", "context": " "}},
+        422,
+        "invalid_input",
+        "inputs.context",
+    ),
+    ("/v1/answer", {"inputs": []}, 422, "invalid_request", "inputs"),
+    ("/v1/classify", {"input": "x", "top_k": 2.5}, 422, "invalid_request", "top_k"),
     ("/v1/answer", {"inputs": {"question": "Where?"}}, 422, "invalid_request", "inputs.context"),
     ("/v1/answer", {"inputs": "Where is it?"}, 422, "invalid_request", None),
     (
@@ -262,3 +270,13 @@ async def test_the_api_documents_follow_docs_access(
         if with_key == 200:
             document = (await client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"})).json()
             assert "/v1/classify" in document["paths"] and "/openapi.json" not in document["paths"]
+
+
+async def test_an_integer_with_a_zero_fraction_is_an_integer(
+    strict_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    # JSON Schema's "integer" (what the document says) includes 2.0; strings and booleans stay refused.
+    _, client = strict_client
+    response = await client.post("/v1/classify", json={"input": "x", "top_k": 2.0})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"][0]["labels"]) == 2

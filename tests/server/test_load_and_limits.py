@@ -11,9 +11,9 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from models import load_model
-from models.tasks import EmbedParams
-from server.app import build_app
+from distilserve.models import load_model
+from distilserve.models.tasks import EmbedParams
+from distilserve.server.app import build_app
 from tests.server.conftest import (
     WAIT_S,
     BundleMap,

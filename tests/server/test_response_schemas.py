@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
-from server.app import ROUTERS
+from distilserve.server.app import ROUTERS
 
 CONTEXT = "The hotel opened in 1921 near the airport in Paris."
 PAIR = {"question": "When did the hotel open?", "context": CONTEXT}

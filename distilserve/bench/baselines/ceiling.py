@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from distilserve.bench.loadgen import latency_summary
-from models.batching import SERVER_BATCH_LIMITS
-from models.runtime import load_model
-from models.session import SessionOptions
+from distilserve.models.batching import SERVER_BATCH_LIMITS
+from distilserve.models.runtime import load_model
+from distilserve.models.session import SessionOptions
 
 
 @dataclass

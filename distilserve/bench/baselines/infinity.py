@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from distilserve.bench.servers import LOOPBACK, ManagedServer, free_port
-from models.bundle import MODEL_NAME
+from distilserve.models.bundle import MODEL_NAME
 
 InfinityGraph = Literal["optimum", "distilserve"]
 QUANTIZED_NAME = "model_quantized.onnx"

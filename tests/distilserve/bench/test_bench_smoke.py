@@ -32,8 +32,8 @@ from distilserve.bench.workloads import (
     embed_workload,
     text_of_length,
 )
-from models.evaluation.data import SQUAD_DEV
-from models.tasks import QAInput
+from distilserve.models.evaluation.data import SQUAD_DEV
+from distilserve.models.tasks import QAInput
 from tests.server.conftest import BundleMap, LiveServer, metric, state_of
 from tests.tiny_models import corpus
 
@@ -450,7 +450,10 @@ def test_the_overload_run_reports_capacity_flood_and_open_loop_with_probes(
     assert report["ceiling"] == []  # distilserve alone
     for target, run_result in runs.items():
         assert run_result["sent"] == run_result["ok"] + sum(run_result["errors"].values())
-        assert set(run_result["errors"]) <= {"429"}, (target, run_result["errors"])  # no 5xx, no resets
+        # The server answers only 200 or 429: no 5xx, no resets. On a slow machine the open-loop
+        # client may skip arrivals over its in-flight cap (OVERFLOW): counted, but never sent.
+        answered = set(run_result["errors"]) - {OVERFLOW}
+        assert answered <= {"429"}, (target, run_result["errors"])
         assert run_result["ok"] > 0
         extra = run_result["extra"]
         assert extra["capacity_rps"] > 0 and extra["goodput_share"] > 0

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from distilserve.server.app import build_app
+from distilserve.server.main import default_model_specs
+from distilserve.server.settings import ServerSettings
 from examples.support_assistant.app import build_app as build_assistant_app
 from examples.support_assistant.assistant import I_DONT_KNOW
 from examples.support_assistant.evaluation import exact_match, load_questions
 from examples.support_assistant.settings import AssistantSettings
-from server.app import build_app
-from server.main import default_model_specs
-from server.settings import ServerSettings
 from tests.conftest import REPO_ROOT
 from tests.server.conftest import LiveServer
 

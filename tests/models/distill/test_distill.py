@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill.cli import Settings, run
-from models.distill.data import DataError, encode, length_grouped_batches, read_examples
-from models.distill.losses import soft_target_kl
-from models.distill.run import TRAINING_RECORD
-from models.distill.student import build_student, default_student_layers, validate_layers
-from models.distill.trainer import predict_logits
+from distilserve.models.distill.augment import AugmentOptions, augment_texts
+from distilserve.models.distill.cli import Settings, run
+from distilserve.models.distill.data import DataError, encode, length_grouped_batches, read_examples
+from distilserve.models.distill.losses import soft_target_kl
+from distilserve.models.distill.run import TRAINING_RECORD
+from distilserve.models.distill.student import build_student, default_student_layers, validate_layers
+from distilserve.models.distill.trainer import predict_logits
 from tests.models.distill.tiny_runs import tiny_settings
 from tests.tiny_models import LABELS, Arch, TinyTask, corpus, toy_label
 
@@ -133,8 +134,8 @@ def test_teacher_logits_are_computed_once(
 def test_distilled_checkpoint_exports_and_matches(
     distilled: dict[str, Any], toy_files: dict[str, Any], tmp_path: Path
 ) -> None:
-    from models import load_model
-    from models.export import ExportOptions, export_bundle
+    from distilserve.models import load_model
+    from distilserve.models.export import ExportOptions, export_bundle
 
     bundle = tmp_path / "bundle"
     manifest = export_bundle(ExportOptions(source=str(distilled["student"]), output=bundle))
@@ -148,8 +149,8 @@ def test_distilled_checkpoint_exports_and_matches(
     # And the exported student serves over HTTP, with the same answers as the library.
     from starlette.testclient import TestClient
 
-    from server.app import build_app
-    from server.settings import ServerSettings
+    from distilserve.server.app import build_app
+    from distilserve.server.settings import ServerSettings
 
     settings = ServerSettings(model=[f"student={bundle}"])
     with TestClient(build_app(settings, settings.model_specs)) as client:
@@ -283,3 +284,74 @@ def test_settings_fields_are_described_and_read_the_environment(monkeypatch: pyt
     settings = Settings(teacher=Path("t"), train_file=Path("a.tsv"), output=Path("o"))
     assert settings.student_layers == [1, 3]
     assert settings.mode == "distill"
+
+
+def test_augmented_copies_are_new_seeded_and_bounded() -> None:
+    texts = [
+        f"the film was {word} and the cast was {other}"
+        for word in ("good", "bad")
+        for other in ("fine", "weak")
+    ]
+    options = AugmentOptions(copies=3, mask_token="[MASK]", mask_probability=0.3, seed=7)
+    augmented = augment_texts(texts, options)
+    assert augmented == augment_texts(texts, options)
+    assert augmented != augment_texts(
+        texts, AugmentOptions(copies=3, mask_token="[MASK]", mask_probability=0.3, seed=8)
+    )
+    assert 0 < len(augmented) <= 3 * len(texts)
+    assert not set(augmented) & set(texts) and len(set(augmented)) == len(augmented)
+    assert any("[MASK]" in text for text in augmented)
+    # Spans: some copies are shorter than any original; every word comes from the corpus or is a mask.
+    vocabulary = {word for text in texts for word in text.split()} | {"[MASK]"}
+    assert min(len(text.split()) for text in augmented) < min(len(text.split()) for text in texts)
+    assert all(set(text.split()) <= vocabulary for text in augmented)
+    assert augment_texts(texts, AugmentOptions(copies=0, mask_token="[MASK]")) == []
+    with pytest.raises(ValueError, match="mask_probability"):
+        AugmentOptions(copies=1, mask_token="[MASK]", mask_probability=1.5)
+
+
+def test_held_out_validation_rows_are_seeded_and_disjoint(toy_files: dict[str, Any]) -> None:
+    examples = read_examples(toy_files["train"])
+    rest, validation = examples.split(50, seed=3)
+    assert len(validation) == 50 and len(rest) == len(examples) - 50
+    assert sorted(rest.texts + validation.texts) == sorted(examples.texts)
+    assert validation.texts == examples.split(50, seed=3)[1].texts != examples.split(50, seed=4)[1].texts
+    with pytest.raises(DataError, match="cannot hold out"):
+        examples.split(len(examples), seed=0)
+
+
+def test_distilling_on_an_augmented_set_with_held_out_validation(
+    distilled: dict[str, Any], toy_files: dict[str, Any], tmp_path: Path
+) -> None:
+    settings = tiny_settings(
+        tmp_path,
+        distilled["teacher"],
+        toy_files,
+        dev_file=None,
+        validation_rows=60,
+        augment_copies=2,
+        epochs=1,
+        best_metric="agreement",
+    )
+    assert run(settings) == 0
+    record = json.loads((settings.output / TRAINING_RECORD).read_text())
+    # The held-out rows are not trained on; every original row gains up to 2 teacher-labelled copies.
+    originals = TRAIN_SIZE - 60
+    assert record["dev"]["held_out_from_train"] is True and record["dev"]["rows"] == 60
+    assert (
+        originals < record["train"]["rows"] == originals + record["train"]["augmented_rows"] <= 3 * originals
+    )
+    assert record["best"] is not None and record["best"]["agreement"] is not None
+    # Both ways of naming the evaluation set at once, or copies without a teacher, are refused.
+    assert (
+        run(
+            tiny_settings(
+                tmp_path, distilled["teacher"], toy_files, validation_rows=60, output=tmp_path / "a"
+            )
+        )
+        == 2
+    )
+    finetune = tiny_settings(
+        tmp_path, distilled["teacher"], toy_files, mode="finetune", augment_copies=1, output=tmp_path / "b"
+    )
+    assert run(finetune) == 2

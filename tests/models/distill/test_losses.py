@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from models.distill.losses import DistillWeights, distillation_loss, hidden_cosine_loss, soft_target_kl
+from distilserve.models.distill.losses import (
+    DistillWeights,
+    distillation_loss,
+    hidden_cosine_loss,
+    soft_target_kl,
+)
 
 
 def softmax(values: list[float], temperature: float = 1.0) -> list[float]:

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from models.distill.cli import Settings, run
-from models.distill.data import DataError, collate
-from models.distill.run import TRAINING_RECORD, state_dir
-from models.distill.squad import (
+from distilserve.models.distill.cli import Settings, run
+from distilserve.models.distill.data import DataError, collate
+from distilserve.models.distill.run import TRAINING_RECORD, state_dir
+from distilserve.models.distill.squad import (
     SquadQuestion,
     best_answers,
     question_answering_features,
     read_id_list,
     read_squad_questions,
 )
-from models.distill.trainer import (
+from distilserve.models.distill.trainer import (
     QuestionAnsweringFinetuneObjective,
     TrainOptions,
     predict_logits,
@@ -301,8 +301,8 @@ def test_finetuning_a_reader_lowers_the_span_loss(qa_runs: dict[str, Any], qa_fi
 def test_distilling_a_reader_matches_the_teacher(qa_runs: dict[str, Any], qa_files: dict[str, Path]) -> None:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from models.distill.losses import soft_target_kl, span_rows
-    from models.distill.student import build_student
+    from distilserve.models.distill.losses import soft_target_kl, span_rows
+    from distilserve.models.distill.student import build_student
 
     tokenizer = AutoTokenizer.from_pretrained(qa_runs["teacher"])
     features = question_answering_features(tokenizer, read_squad_questions(qa_files["dev"]), 64, 16)
@@ -328,11 +328,11 @@ def test_distilling_a_reader_matches_the_teacher(qa_runs: dict[str, Any], qa_fil
 def test_distilled_reader_exports_and_serves_answers(qa_runs: dict[str, Any], tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
-    from models import load_model
-    from models.export import ExportOptions, export_bundle
-    from models.tasks import QAInput
-    from server.app import build_app
-    from server.settings import ServerSettings
+    from distilserve.models import load_model
+    from distilserve.models.export import ExportOptions, export_bundle
+    from distilserve.models.tasks import QAInput
+    from distilserve.server.app import build_app
+    from distilserve.server.settings import ServerSettings
 
     bundle = tmp_path / "bundle"
     manifest = export_bundle(

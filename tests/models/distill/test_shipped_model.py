@@ -10,13 +10,22 @@ import pytest
 from tests.conftest import REPO_ROOT, shared_data_dir
 
 BUNDLE = REPO_ROOT / "model-zoo" / "sst2-minilm-l3-int8"
-# The int8 bundle's dev accuracy as recorded in its MODEL_CARD.md / eval.json, less a margin
-# for a different CPU's int8 kernels.
-MIN_DEV_ACCURACY = 0.85
+# How far the dev accuracy measured here may be from the one eval.json (and MODEL_CARD.md)
+# records, in points: one dev sentence is 0.11 points, and another CPU's int8 kernels may round
+# a borderline sentence the other way.
+MAX_DEV_ACCURACY_DRIFT = 0.3
+
+
+def recorded_accuracy(name: str) -> float:
+    """A model's SST-2 dev accuracy (percent) in the bundle's eval.json (`distilserve eval --output`)."""
+    evaluation = json.loads((BUNDLE / "eval.json").read_text(encoding="utf-8"))
+    assert evaluation["dataset"] == "sst2" and evaluation["examples"] == 872
+    scores = {model["name"]: model["metrics"]["accuracy"] for model in evaluation["models"]}
+    return float(scores[name])
 
 
 def test_shipped_bundle_loads_and_classifies() -> None:
-    from models import load_model
+    from distilserve.models import load_model
 
     model = load_model(BUNDLE)  # verifies every file's sha256 against the manifest
     assert model.manifest.task == "text-classification"
@@ -37,14 +46,15 @@ def test_shipped_bundle_is_documented_and_small() -> None:
         assert required in card
     size = sum(path.stat().st_size for path in BUNDLE.iterdir())
     assert size < 25_000_000
-    evaluation = json.loads((BUNDLE / "eval.json").read_text(encoding="utf-8"))
-    assert evaluation["summary"]["student_accuracy_retained"] >= 0.97
+    # The card's claim: the student keeps at least 97% of the teacher's accuracy, int8 vs fp32.
+    assert recorded_accuracy("bundle") >= 0.97 * recorded_accuracy("teacher-fp32")
+    assert f"{recorded_accuracy('bundle'):.2f}" in card
 
 
 @pytest.mark.slow
 def test_shipped_bundle_dev_accuracy() -> None:
-    from models import load_model
-    from models.distill.data import read_examples
+    from distilserve.models import load_model
+    from distilserve.models.distill.data import read_examples
 
     dev_file: Path = shared_data_dir() / "sst2_dev.tsv"
     if not dev_file.is_file():
@@ -52,5 +62,5 @@ def test_shipped_bundle_dev_accuracy() -> None:
     examples = read_examples(dev_file)
     assert examples.labels is not None
     predictions = [scores[0].index for scores in load_model(BUNDLE).predict(examples.texts)]
-    accuracy = sum(p == g for p, g in zip(predictions, examples.labels, strict=True)) / len(predictions)
-    assert accuracy >= MIN_DEV_ACCURACY, accuracy
+    accuracy = 100 * sum(p == g for p, g in zip(predictions, examples.labels, strict=True)) / len(predictions)
+    assert abs(accuracy - recorded_accuracy("bundle")) <= MAX_DEV_ACCURACY_DRIFT, accuracy

@@ -25,8 +25,8 @@ def card_figures() -> dict[str, float]:
 
 
 def test_shipped_reader_loads_and_answers() -> None:
-    from models import load_model
-    from models.tasks import QAInput
+    from distilserve.models import load_model
+    from distilserve.models.tasks import QAInput
 
     model = load_model(BUNDLE)  # verifies every file's sha256 against the manifest
     assert model.manifest.task == "question-answering"
@@ -57,11 +57,11 @@ def test_default_server_keeps_the_cards_f1_on_the_first_dev_questions(tmp_path: 
     """Through HTTP, as a user meets it: the default server, 500 dev questions, official scoring."""
     from starlette.testclient import TestClient
 
-    from models.evaluation.data import read_squad
-    from models.evaluation.metrics import squad_scores
-    from server.app import build_app
-    from server.main import default_model_specs
-    from server.settings import ServerSettings
+    from distilserve.models.evaluation.data import read_squad
+    from distilserve.models.evaluation.metrics import squad_scores
+    from distilserve.server.app import build_app
+    from distilserve.server.main import default_model_specs
+    from distilserve.server.settings import ServerSettings
 
     dev_file = shared_data_dir() / "squad_v1.1_dev.json"
     if not dev_file.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from models.distill.cli import Settings
+from distilserve.models.distill.cli import Settings
 
 
 def tiny_settings(tmp_path: Path, teacher: Path, files: dict[str, Any], **overrides: Any) -> Settings:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from distilserve.cli import main
-from models.evaluation.cli import Settings, evaluate, format_report
-from models.evaluation.data import DataError, read_squad, read_sst2, read_stsb
-from models.evaluation.metrics import (
+from distilserve.models.evaluation.cli import Settings, evaluate, format_report
+from distilserve.models.evaluation.data import DataError, read_squad, read_sst2, read_stsb
+from distilserve.models.evaluation.metrics import (
     accuracy,
     cosine_rows,
     exact_match,
@@ -28,7 +28,7 @@ from models.evaluation.metrics import (
     spearman,
     squad_scores,
 )
-from models.evaluation.scorers import sst2_class
+from distilserve.models.evaluation.scorers import sst2_class
 from tests.tiny_models import Arch, TinyTask
 
 BundleMap = dict[tuple[Arch, TinyTask], Path]
@@ -300,7 +300,7 @@ def test_eval_without_source_does_not_import_torch(tiny_int8_bundles: BundleMap,
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from models.evaluation.cli import Settings, run\n"
+        "from distilserve.models.evaluation.cli import Settings, run\n"
         f"settings = Settings(bundle=Path({str(bundle)!r}), dataset='sst2',"
         f" data_dir=Path({str(data_dir)!r}))"
         "\n"

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from models import ExportError, load_manifest
-from models.export import default_model
-from models.export.cli import BuildDefaultSettings, run_build_default
-from models.export.default_model import (
+from distilserve.models import ExportError, load_manifest
+from distilserve.models.export import default_model
+from distilserve.models.export.cli import BuildDefaultSettings, run_build_default
+from distilserve.models.export.default_model import (
     DEFAULT_SOURCE_ID,
     default_bundle_dir,
     default_cache_dir,
     ensure_default_bundle,
 )
-from models.export.exporter import ExportOptions
+from distilserve.models.export.exporter import ExportOptions
 from tests.tiny_models import Arch, TinyTask
 
 Bundles = dict[tuple[Arch, TinyTask], Path]

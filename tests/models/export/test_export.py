@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models import ExportError, load_manifest, load_model
-from models.batching import EncodedRow, assemble_batch
-from models.bundle import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, sha256_file
-from models.export import ExportOptions, Thresholds, export_bundle, infer_task
-from models.export.cli import Settings, run
-from models.export.isa import SCHEMES, cpu_flags, detect_isa, resolve_scheme
-from models.export.samples import SAMPLE_QA_PAIRS, SAMPLE_TEXTS, read_sample_file
-from models.tasks import ClassifyParams, QAInput
-from models.tokenization import TruncationConfig
+from distilserve.models import ExportError, load_manifest, load_model
+from distilserve.models.batching import EncodedRow, assemble_batch
+from distilserve.models.bundle import MANIFEST_NAME, MODEL_NAME, TOKENIZER_NAME, sha256_file
+from distilserve.models.export import ExportOptions, Thresholds, export_bundle, infer_task
+from distilserve.models.export.cli import Settings, run
+from distilserve.models.export.isa import SCHEMES, cpu_flags, detect_isa, resolve_scheme
+from distilserve.models.export.samples import SAMPLE_QA_PAIRS, SAMPLE_TEXTS, read_sample_file
+from distilserve.models.tasks import ClassifyParams, QAInput
+from distilserve.models.tokenization import TruncationConfig
 from tests.conftest import ARCHS, TASKS
 from tests.tiny_models import Arch, TinyTask, corpus
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import Manifest, load_model
-from models.bundle import MODEL_NAME
-from models.export import ExportOptions, export_bundle
-from models.export.default_model import minilm_source
+from distilserve.models import Manifest, load_model
+from distilserve.models.bundle import MODEL_NAME
+from distilserve.models.export import ExportOptions, export_bundle
+from distilserve.models.export.default_model import minilm_source
 from tests.conftest import shared_data_dir
 
 pytestmark = pytest.mark.slow

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.batching import assemble_batch
-from models.bundle import Manifest, QuantizationInfo, SourceInfo
-from models.errors import InputError
-from models.tasks.qa import Answer, QAInput, QAParams, QuestionAnsweringProcessor
-from models.tokenization import ThreadSafeTokenizer
+from distilserve.models.batching import assemble_batch
+from distilserve.models.bundle import Manifest, QuantizationInfo, SourceInfo
+from distilserve.models.errors import InputError
+from distilserve.models.tasks.qa import Answer, QAInput, QAParams, QuestionAnsweringProcessor
+from distilserve.models.tokenization import ThreadSafeTokenizer
 from tests.conftest import ARCHS
 from tests.tiny_models import Arch, TinyTask, corpus
 

@@ -1,0 +1,60 @@
+# Shell helpers shared by the build scripts (sourced, not run). They expect $RUNS to be set.
+
+# timed NAME COMMAND...: run with its output in $RUNS/NAME.log, then print the log's last lines
+# (progress lines left out) and the time taken. A failure prints the tail and exits the script.
+timed() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name: $*" >&2
+  if ! "$@" > "$RUNS/$name.log" 2>&1; then
+    tail -n 30 "$RUNS/$name.log" >&2
+    echo "== $name failed; the whole log is $RUNS/$name.log" >&2
+    exit 1
+  fi
+  grep -v 'train:' "$RUNS/$name.log" | tail -n 15 >&2
+  echo "== $name took $((SECONDS - start)) s" >&2
+}
+
+# sweep NAME... -- runs the commands queued with queue_run, PARALLEL at a time (default 1), each
+# under `timeout $TIME_LIMIT_S` when that is set, and never past DEADLINE (seconds since the epoch). A run stopped by the time limit still counts when
+# it left a checkpoint (the trainer writes the best one at every improvement); any other failure
+# exits the script. Queue with: queue_run NAME COMMAND...
+declare -a SWEEP_NAMES=() SWEEP_COMMANDS=()
+queue_run() {
+  local name=$1
+  shift
+  SWEEP_NAMES+=("$name")
+  SWEEP_COMMANDS+=("$(printf '%q ' "$@")")
+}
+run_queued() {
+  local parallel=${PARALLEL:-1} limit=${TIME_LIMIT_S:-} start=$SECONDS i failed=0
+  for i in "${!SWEEP_NAMES[@]}"; do
+    local name=${SWEEP_NAMES[$i]} command=${SWEEP_COMMANDS[$i]}
+    local run_limit=$limit
+    if [ -n "${DEADLINE:-}" ]; then  # an absolute end (date +%s) caps every run's limit
+      local left=$((DEADLINE - $(date +%s)))
+      if [ "$left" -le 0 ]; then echo "== $name: no time left before DEADLINE" >&2; left=1; fi
+      if [ -z "$run_limit" ] || [ "$left" -lt "$run_limit" ]; then run_limit=$left; fi
+    fi
+    if [ -n "$run_limit" ]; then command="timeout $run_limit $command"; fi
+    echo "== $name: $command" >&2
+    rm -f "$RUNS/$name.rc"
+    ( rc=0; bash -c "$command" > "$RUNS/$name.log" 2>&1 || rc=$?; echo "$rc" > "$RUNS/$name.rc" ) &
+    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n || true; done
+  done
+  wait
+  for name in "${SWEEP_NAMES[@]}"; do
+    local rc
+    rc=$(cat "$RUNS/$name.rc" 2>/dev/null || echo 1)
+    if [ "$rc" -eq 124 ]; then
+      echo "== $name stopped at its time limit; its best checkpoint so far is kept" >&2
+    elif [ "$rc" -ne 0 ]; then
+      tail -n 20 "$RUNS/$name.log" >&2
+      echo "== $name failed (exit $rc); the whole log is $RUNS/$name.log" >&2
+      failed=1
+    fi
+  done
+  SWEEP_NAMES=() SWEEP_COMMANDS=()
+  echo "== sweep took $((SECONDS - start)) s" >&2
+  [ "$failed" -eq 0 ] || exit 1
+}
