@@ -20,7 +20,7 @@ def render(reply: Reply) -> str:
                  f"(similarity {reply.similarity:.2f})")  # fmt: skip
     lines.append(f'  "{reply.source.text[:160]}{"…" if len(reply.source.text) > 160 else ""}"')
     if reply.needs_human:
-        lines.append(f"  [flagged for a human: {reply.sentiment.label} {reply.sentiment.score:.2f}]")
+        lines.append(f"  [flagged for a human: {reply.sentiment.label} {reply.sentiment.score:.4f}]")
     return "\n".join(lines)
 
 

@@ -80,14 +80,14 @@ async def calibrate(settings: AssistantSettings) -> int:
     hostile = [item for item in calibration if item.question.hostile]
     calm = [item for item in calibration if not item.question.hostile]
     print(
-        f"human flag: negative probability >= {human:.4f}; calibration flag accuracy {flag_accuracy:.3f} "
+        f"human flag: negative probability >= {human:.6f}; calibration flag accuracy {flag_accuracy:.3f} "
         f"({sum(item.negative >= human for item in hostile)}/{len(hostile)} hostile flagged, "
         f"{sum(item.negative >= human for item in calm)}/{len(calm)} others); "
         f"test split {flag_accuracy_at(test, human):.3f}"
     )
     for item in sorted([*calibration, *test], key=lambda item: -item.negative)[:12]:
         kind = "hostile" if item.question.hostile else "calm"
-        print(f"  {item.negative:.4f}  {kind:7}  {item.question.split:11}  {item.question.question}")
+        print(f"  {item.negative:.6f}  {kind:7}  {item.question.split:11}  {item.question.question}")
     return 0
 
 
