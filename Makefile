@@ -34,8 +34,8 @@ serve: $(STAMP)
 	$(BIN)/distilserve serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check distilserve models server tests
-	$(BIN)/ruff format --check distilserve models server tests
+	$(BIN)/ruff check distilserve models server tests examples
+	$(BIN)/ruff format --check distilserve models server tests examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -24,8 +24,16 @@ OWN_PACKAGES: dict[str, tuple[str, ...]] = {
     "models": ("distilserve.models",),
     "server": ("distilserve.models", "distilserve.server"),
     "distilserve": ("distilserve",),
+    # The examples are applications: they reach distilserve over HTTP only, as a user's would.
+    "examples": (),
 }
-OTHER_FORBIDDEN: dict[str, tuple[str, ...]] = {"models": HTTP_LIBRARIES, "server": (), "distilserve": ()}
+# Nothing the package installs may import the examples, which are not installed.
+OTHER_FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "models": (*HTTP_LIBRARIES, "examples"),
+    "server": ("examples",),
+    "distilserve": ("examples",),
+    "examples": (),
+}
 # The folders' own names: importable in a checkout, but not what the wheel installs.
 FOLDER_NAMES = ("models", "server")
 

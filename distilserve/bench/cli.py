@@ -17,6 +17,9 @@ Phases run one after the other, so that only one thing uses the cores at a time:
 The report (JSON) holds every run, the ratios the targets are stated in, the machine, the
 commit and the command; ``--plot-dir`` also renders the two PNG plots.
 
+The chat workload (``--workloads chat``, with all three bundles) times whole chatbot turns as
+``examples/support_assistant`` makes them: classify and embed a message, then read 5 passages.
+
 ``--overload`` replaces all of that with the overload test of ``distilserve.bench.overload``
 (capacity, a flood without back-off, an open loop past capacity, liveness probes) on the first
 workload, distilserve only.
@@ -53,7 +56,9 @@ from distilserve.bench.server_metrics import scrape_batching, scrape_server_tota
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from distilserve.bench.workloads import (
     Api,
+    ChatWorkload,
     Workload,
+    chat_workload,
     classify_workload,
     embed_workload,
     qa_workload,
@@ -67,9 +72,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Kind = Literal["classify", "qa", "embed"]
-WorkloadChoice = Literal["classify", "qa", "embed", "sweep"]
+WorkloadChoice = Literal["classify", "qa", "embed", "sweep", "chat"]
 # "none" alone runs distilserve only (a list flag cannot be given empty).
 Baseline = Literal["ceiling", "pytorch", "infinity", "none"]
+# chat is asked for by name (--workloads chat): it needs all three bundles and times turns, not requests.
 ALL_WORKLOADS: tuple[WorkloadChoice, ...] = ("classify", "qa", "embed", "sweep")
 ALL_BASELINES: tuple[Baseline, ...] = ("ceiling", "pytorch", "infinity")
 ALL_INFINITY_GRAPHS: tuple[InfinityGraph, ...] = ("optimum", "distilserve")
@@ -95,7 +101,7 @@ class Settings(BaseSettings):
     )
     workloads: list[WorkloadChoice] = Field(
         default_factory=lambda: list(ALL_WORKLOADS),
-        description="workloads to run (those without a bundle are skipped)",
+        description="workloads to run (those without a bundle are skipped); chat only when named",
     )
     baselines: list[Baseline] = Field(
         default_factory=lambda: list(ALL_BASELINES),
@@ -111,6 +117,11 @@ class Settings(BaseSettings):
     duration_s: float = Field(15.0, gt=0, description="longest run, in seconds (whichever bound comes first)")
     warmup_requests: int = Field(64, ge=0, description="unrecorded requests before each run")
     qa_items: int = Field(1000, ge=1, description="SQuAD questions in the QA workload")
+    chat_items: int = Field(
+        500,
+        ge=1,
+        description="chat messages (SQuAD questions, each read against 5 passages) in the chat workload",
+    )
     items_per_request: int = Field(
         1, ge=1, description="items (texts, QA pairs) per request; 1 is the online case the batcher is for"
     )
@@ -305,6 +316,34 @@ def plan_workloads(settings: Settings, report: BenchReport) -> list[Planned]:
     return planned
 
 
+def plan_chat(settings: Settings, report: BenchReport) -> ChatWorkload | None:
+    """The chat workload: it needs all three bundles, served side by side as the example uses them."""
+    if "chat" not in settings.workloads:
+        return None
+    kinds: tuple[Kind, ...] = ("classify", "embed", "qa")
+    bundles = [settings.bundle_for(kind) for kind in kinds]
+    missing = [kind for kind, bundle in zip(kinds, bundles, strict=True) if bundle is None]
+    if missing:
+        report.notes.append(f"chat: needs --{'-bundle, --'.join(missing)}-bundle; workload skipped")
+        return None
+    present = [bundle for bundle in bundles if bundle is not None]
+    for kind, bundle in zip(kinds, present, strict=True):
+        task = read_manifest(bundle).task
+        if task != KIND_TASKS[kind]:
+            raise DataError(bundle, f"bundle serves {task}; the chat workload needs {KIND_TASKS[kind]}")
+    classify, embed, qa = present
+    workload = chat_workload(classify, embed, qa, settings.data_dir, settings.chat_items)
+    report.workloads[workload.name] = {
+        "kind": "chat",
+        "task": "classify + embed, then answer over 5 passages",
+        "bundle": f"{classify}, {embed}, {qa}",
+        "items": len(workload),
+        "mean_tokens": workload.mean_tokens,
+        "flops_per_item": 0.0,
+    }
+    return workload
+
+
 @dataclass(frozen=True)
 class Sweep:
     """The latency sweep: fixed-length workloads on the first classification or embedding bundle."""
@@ -444,13 +483,14 @@ def phase_distilserve(
     report: BenchReport,
     planned: Sequence[Planned],
     sweep: Sweep | None,
+    chat: ChatWorkload | None = None,
 ) -> None:
     """distilserve, once per ``--serve-variants`` entry (or once, as configured), one server at a time."""
     variants = settings.serve_variants or [BASELINE_VARIANT]
     for index, variant in enumerate(variants):
         label = variant_label(variant)
         report.variants[label] = [*settings.serve_args, *server_flags(variant)]
-        _measure_distilserve(settings, report, planned, sweep, variant, label, first=index == 0)
+        _measure_distilserve(settings, report, planned, sweep, chat, variant, label, first=index == 0)
 
 
 def _measure_distilserve(
@@ -458,6 +498,7 @@ def _measure_distilserve(
     report: BenchReport,
     planned: Sequence[Planned],
     sweep: Sweep | None,
+    chat: ChatWorkload | None,
     variant: str,
     label: str,
     *,
@@ -469,6 +510,11 @@ def _measure_distilserve(
         models: dict[str, Path] = {item.kind: item.bundle for item in planned}
         if sweep is not None:
             models.setdefault(sweep.kind, sweep.bundle)
+        if chat is not None:
+            for kind in KIND_TASKS:
+                bundle = settings.bundle_for(kind)
+                if bundle is not None:
+                    models.setdefault(kind, bundle)
         log_name = "distilserve.log" if first else f"distilserve-{len(report.variants)}.log"
         server = distilserve_server(
             models,
@@ -495,6 +541,8 @@ def _measure_distilserve(
                 runs, points = await _sweep(client, settings, sweep.workloads, f"{label} (HTTP)")
                 report.runs += runs
                 report.sweep += points
+            if chat is not None:
+                report.runs += await _levels(client, settings, chat, label, metrics_url=target_url)
         finally:
             await client.aclose()
         if settings.compare_clients and planned and first:
@@ -618,10 +666,11 @@ def run(settings: Settings) -> int:
     try:
         planned = plan_workloads(settings, report)
         sweep = plan_sweep(settings, report)
+        chat = plan_chat(settings, report)
     except (DataError, DistilserveError, ValueError) as exc:
         print(f"distilserve bench: {exc}", file=sys.stderr)
         return 2
-    if not planned and sweep is None:
+    if not planned and sweep is None and chat is None:
         print("distilserve bench: nothing to run: give at least one bundle", file=sys.stderr)
         return 2
     if settings.gemm_peak:
@@ -630,7 +679,7 @@ def run(settings: Settings) -> int:
         except ImportError as exc:
             report.notes.append(f"GEMM peak not measured: {exc}")
     try:
-        phase_distilserve(settings, report, planned, sweep)
+        phase_distilserve(settings, report, planned, sweep, chat)
     except ServerStartError as exc:
         print(f"distilserve bench: {exc}", file=sys.stderr)
         return 1

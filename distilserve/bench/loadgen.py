@@ -46,6 +46,24 @@ class BenchRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP request of a multi-request turn."""
+
+    path: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn(BenchRequest):
+    """Several requests that make one user-visible turn: the calls of a stage are sent together,
+    each stage after the previous one has answered (a chat message: classify and embed, then
+    answer). Its latency is the whole turn's; its outcome the first failure, else ``200``.
+    ``path`` and ``body`` are unused."""
+
+    stages: tuple[tuple[Call, ...], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Bounds:
     max_requests: int
     max_duration_s: float
@@ -98,9 +116,22 @@ def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
     }
 
 
+async def _turn(client: HttpClient, turn: ChatTurn) -> int:
+    """Every stage of the turn in order; the first non-2xx status ends it."""
+    for stage in turn.stages:
+        answers = await asyncio.gather(*(client.post(call.path, call.body) for call in stage))
+        for status, _ in answers:
+            if not 200 <= status < 300:
+                return status
+    return 200
+
+
 async def _send(client: HttpClient, request: BenchRequest, timeout_s: float) -> str:
     try:
-        status, _ = await asyncio.wait_for(client.post(request.path, request.body), timeout_s)
+        if isinstance(request, ChatTurn):
+            status = await asyncio.wait_for(_turn(client, request), timeout_s)
+        else:
+            status, _ = await asyncio.wait_for(client.post(request.path, request.body), timeout_s)
     except TimeoutError:
         return TIMEOUT
     except (OSError, asyncio.IncompleteReadError) as exc:

@@ -5,7 +5,11 @@ pre-encoded HTTP requests (for the servers).
 * qa: SQuAD v1.1 dev (question, context) pairs, one per request;
 * embed: STS-B dev sentences (both columns), one per request;
 * sweep: synthetic texts of exactly 8, 16, ... 512 tokens (special tokens included, counted by
-  the bundle's own tokenizer), cut from SST-2 sentences, for latency against length.
+  the bundle's own tokenizer), cut from SST-2 sentences, for latency against length;
+* chat: one chatbot message per turn, as ``examples/support_assistant`` handles it: the SQuAD
+  dev question is classified and embedded (concurrently), then read against 5 passages in one
+  ``/v1/answer`` request (its own context and the next 4 distinct contexts of the dev set, in
+  place of retrieved ones: the retrieval itself is a small matrix product on the client).
 
 One item per request is the online case the dynamic batcher exists for: every batch the
 server runs is assembled from concurrent requests. Token counts come from the bundle's
@@ -22,13 +26,14 @@ from typing import Any, Literal
 import orjson
 
 from distilserve.bench.gemm_peak import EncoderFlops
-from distilserve.bench.loadgen import BenchRequest
+from distilserve.bench.loadgen import BenchRequest, Call, ChatTurn
 from distilserve.models.bundle import TOKENIZER_NAME, Task, read_manifest
 from distilserve.models.evaluation.data import SQUAD_DEV, SST2_DEV, STSB_DEV, read_squad, read_sst2, read_stsb
 from distilserve.models.tasks import QAInput, processor_for
 from distilserve.models.tokenization import ThreadSafeTokenizer
 
-WorkloadName = Literal["classify", "qa", "embed", "sweep"]
+WorkloadName = Literal["classify", "qa", "embed", "sweep", "chat"]
+CHAT_PASSAGES = 5
 # The request shape a server speaks: distilserve's routes (which the PyTorch baseline copies),
 # or infinity's OpenAI-style /embeddings.
 Api = Literal["distilserve", "infinity"]
@@ -139,6 +144,60 @@ def embed_workload(
     pairs = read_stsb(data_dir / STSB_DEV, None if limit is None else (limit + 1) // 2)
     sentences = [sentence for pair in zip(pairs.first, pairs.second, strict=True) for sentence in pair]
     return _workload("stsb-embed", bundle, sentences[:limit] if limit else sentences, flops)
+
+
+@dataclass
+class ChatWorkload(Workload):
+    """Chat turns: ``items`` are the questions, ``passages`` the contexts each one reads."""
+
+    passages: list[list[str]] = field(default_factory=list)
+
+    def requests(
+        self, model: str | None, api: Api = "distilserve", items_per_request: int = 1
+    ) -> list[BenchRequest]:
+        """One ``ChatTurn`` per question; the default model of each task answers (``model`` and
+        ``items_per_request`` do not apply: a turn is the example's three requests)."""
+        if api != "distilserve":
+            raise ValueError("the chat workload runs against distilserve only")
+        turns: list[BenchRequest] = []
+        for question, passages, tokens in zip(self.items, self.passages, self.tokens, strict=True):
+            text = orjson.dumps({"input": question})
+            first = (Call(ROUTES["text-classification"], text), Call(ROUTES["feature-extraction"], text))
+            pairs = [{"question": question, "context": passage} for passage in passages]
+            read = orjson.dumps({"inputs": pairs, "parameters": {"top_k": 1}})
+            turns.append(
+                ChatTurn("chat", b"", 1, tokens, stages=(first, (Call(ROUTES["question-answering"], read),)))
+            )
+        return turns
+
+
+def chat_workload(
+    classify_bundle: Path, embed_bundle: Path, qa_bundle: Path, data_dir: Path, limit: int | None = None
+) -> ChatWorkload:
+    """SQuAD dev questions, each with its own context and the next ``CHAT_PASSAGES - 1`` distinct
+    ones; tokens count every row of the three models (each window of each passage)."""
+    examples = read_squad(data_dir / SQUAD_DEV, limit)
+    contexts = list(dict.fromkeys(example.context for example in examples))
+    position = {context: index for index, context in enumerate(contexts)}
+    classify, embed, reader = (
+        BundleTokens(classify_bundle),
+        BundleTokens(embed_bundle),
+        BundleTokens(qa_bundle),
+    )
+    questions: list[str] = []
+    passages: list[list[str]] = []
+    tokens: list[int] = []
+    for example in examples:
+        start = position[example.context]
+        chosen = [
+            contexts[(start + offset) % len(contexts)] for offset in range(min(CHAT_PASSAGES, len(contexts)))
+        ]
+        rows = sum(classify.row_lengths(example.question)) + sum(embed.row_lengths(example.question))
+        rows += sum(sum(reader.row_lengths(QAInput(example.question, passage))) for passage in chosen)
+        questions.append(example.question)
+        passages.append(chosen)
+        tokens.append(rows)
+    return ChatWorkload("chat", "question-answering", questions, tokens, passages=passages)
 
 
 def text_of_length(

@@ -30,7 +30,7 @@ async def classify(
 @router.post(
     "/predict",
     response_model=list[LabelScoreOut] | list[list[LabelScoreOut]],
-    summary="Classify (Text Embeddings Inference shape)",
+    summary="Classify (Text Embeddings Inference shape; Hugging Face Inference API shape with parameters)",
 )
 @with_cancellation
 async def predict(

@@ -45,8 +45,24 @@ class ClassifyResponse(BaseModel):
     usage: Usage
 
 
+class InferenceParameters(BaseModel):
+    """The Hugging Face Inference API's text-classification ``parameters``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: PositiveInteger | None = Field(None, description="labels per text, best first; null for all")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None, description="softmax (the default) over the logits, a sigmoid of each, or the logits"
+    )
+
+
 class PredictRequest(BaseModel):
-    """TEI's ``/predict``: every label comes back, best first, unless ``top_k`` says otherwise."""
+    """TEI's ``/predict``: every label comes back, best first, unless ``top_k`` says otherwise.
+
+    With ``parameters`` it is the Hugging Face Inference API's text-classification request, as
+    ``huggingface_hub.InferenceClient.text_classification`` sends it, and it is answered in that
+    API's shape: one list of labels per input, a single input included (``[[...]]``).
+    """
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"inputs": "I like you."}})
 
@@ -55,3 +71,7 @@ class PredictRequest(BaseModel):
     truncate: StrictBool = False
     top_k: PositiveInteger | None = None
     model: Text | None = None
+    parameters: InferenceParameters | None = Field(
+        None,
+        description="Hugging Face Inference API parameters; their presence selects that API's answer shape",
+    )

@@ -77,6 +77,37 @@ async def test_tei_predict_shapes(
     assert len(batch.json()) == len(TEXTS) and batch.json()[0] == labels
 
 
+async def test_predict_with_parameters_answers_in_the_inference_api_shape(
+    app_client: tuple[FastAPI, httpx.AsyncClient], library: dict[str, Path]
+) -> None:
+    """huggingface_hub's InferenceClient sends ``parameters`` and reads ``[[...]]`` for one text."""
+    _, client = app_client
+    tei = (await client.post("/predict", json={"inputs": TEXTS[0]})).json()
+    nested = await client.post("/predict", json={"inputs": TEXTS[0], "parameters": {}})
+    assert nested.status_code == 200, nested.text
+    assert nested.json() == [tei]
+    top_one = (await client.post("/predict", json={"inputs": TEXTS[0], "parameters": {"top_k": 1}})).json()
+    assert top_one == [tei[:1]]
+    logits = load_model(library["sentiment"]).predict(TEXTS[:1], ClassifyParams(top_k=None, raw_scores=True))[
+        0
+    ]
+    body = {"inputs": TEXTS[0], "parameters": {"function_to_apply": "sigmoid"}}
+    sigmoid = (await client.post("/predict", json=body)).json()[0]
+    assert [entry["label"] for entry in sigmoid] == [entry.label for entry in logits]
+    np.testing.assert_allclose(
+        [entry["score"] for entry in sigmoid], [1 / (1 + np.exp(-entry.score)) for entry in logits], rtol=1e-5
+    )
+    body = {"inputs": TEXTS[0], "parameters": {"function_to_apply": "none"}}
+    raw = (await client.post("/predict", json=body)).json()[0]
+    np.testing.assert_allclose(
+        [entry["score"] for entry in raw], [entry.score for entry in logits], rtol=1e-5
+    )
+    unknown = await client.post(
+        "/predict", json={"inputs": TEXTS[0], "parameters": {"function_to_apply": "x"}}
+    )
+    assert unknown.status_code == 422
+
+
 async def test_answer_equals_the_library(
     app_client: tuple[FastAPI, httpx.AsyncClient], library: dict[str, Path]
 ) -> None:

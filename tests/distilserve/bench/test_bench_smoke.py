@@ -20,12 +20,21 @@ from distilserve.bench.baselines.ceiling import measure_latency, measure_through
 from distilserve.bench.cli import Settings, checkpoint_for, run
 from distilserve.bench.client import HttpxClient, NotLoopbackError, RawHttpClient, require_loopback
 from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
-from distilserve.bench.loadgen import OVERFLOW, BenchRequest, Bounds, closed_loop, open_loop
+from distilserve.bench.loadgen import OVERFLOW, BenchRequest, Bounds, ChatTurn, closed_loop, open_loop
 from distilserve.bench.report import BenchReport, markdown
 from distilserve.bench.server_metrics import parse_histogram_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, free_port
-from distilserve.bench.workloads import BundleTokens, classify_workload, embed_workload, text_of_length
-from tests.server.conftest import BundleMap, LiveServer
+from distilserve.bench.workloads import (
+    CHAT_PASSAGES,
+    BundleTokens,
+    chat_workload,
+    classify_workload,
+    embed_workload,
+    text_of_length,
+)
+from distilserve.models.evaluation.data import SQUAD_DEV
+from distilserve.models.tasks import QAInput
+from tests.server.conftest import BundleMap, LiveServer, metric, state_of
 from tests.tiny_models import corpus
 
 
@@ -183,6 +192,101 @@ def test_workloads_count_tokens_with_the_bundles_tokenizer(tiny_bundles: BundleM
         "input": [embed.items[0]],
         "model": "minilm",
     }
+
+
+def write_squad(data_dir: Path, contexts: int = 7) -> None:
+    """A SQuAD v1.1 file of the tiny corpus: one question per context, the answer its first word."""
+    sentences = corpus(contexts * 3, seed=2)
+    paragraphs = []
+    for index in range(contexts):
+        context = " ".join(sentences[3 * index : 3 * index + 3])
+        word = context.split()[0]
+        question = {
+            "id": f"q{index}",
+            "question": f"what is {word}?",
+            "answers": [{"text": word, "answer_start": 0}],
+        }
+        paragraphs.append({"context": context, "qas": [question]})
+    squad = {"version": "1.1", "data": [{"title": "tiny", "paragraphs": paragraphs}]}
+    (data_dir / SQUAD_DEV).write_text(json.dumps(squad), encoding="utf-8")
+
+
+def test_a_chat_turn_is_classify_and_embed_then_one_answer_over_five_passages(
+    live_server: Callable[..., LiveServer], tiny_bundles: BundleMap, data_dir: Path
+) -> None:
+    write_squad(data_dir)
+    classify = tiny_bundles[("distilbert", "text-classification")]
+    embed = tiny_bundles[("bert", "feature-extraction")]
+    reader = tiny_bundles[("bert", "question-answering")]
+    workload = chat_workload(classify, embed, reader, data_dir, limit=6)
+    assert len(workload) == 6 and all(len(passages) == CHAT_PASSAGES for passages in workload.passages)
+    assert workload.passages[0][0] != workload.passages[0][1]  # its own context, then other ones
+    question = workload.items[0]
+    expected_tokens = sum(BundleTokens(classify).row_lengths(question)) + sum(
+        BundleTokens(embed).row_lengths(question)
+    )
+    expected_tokens += sum(
+        sum(BundleTokens(reader).row_lengths(QAInput(question, p))) for p in workload.passages[0]
+    )
+    assert workload.tokens[0] == expected_tokens
+    (turn, *_) = turns = workload.requests(None)
+    assert isinstance(turn, ChatTurn)
+    assert [[call.path for call in stage] for stage in turn.stages] == [
+        ["/v1/classify", "/v1/embeddings"],
+        ["/v1/answer"],
+    ]
+    read = json.loads(turn.stages[1][0].body)
+    assert [pair["context"] for pair in read["inputs"]] == workload.passages[0]
+    with live_server() as server:
+
+        async def go() -> object:
+            client = RawHttpClient(server.url)
+            try:
+                return await closed_loop(client, turns, 2, Bounds(max_requests=9, max_duration_s=60))
+            finally:
+                await client.aclose()
+
+        result = asyncio.run(go())  # type: ignore[arg-type]
+        served = {
+            route: metric(server.app, "distilserve_requests_total", model=model, route=route, status="200")
+            for model, route in (
+                ("sentiment", "/v1/classify"),
+                ("encoder", "/v1/embeddings"),
+                ("reader", "/v1/answer"),
+            )
+        }
+    assert result.sent == result.ok == 9 and result.errors == {}  # type: ignore[attr-defined]
+    assert served == {"/v1/classify": 9, "/v1/embeddings": 9, "/v1/answer": 9}
+
+
+def test_a_chat_turn_that_fails_counts_its_first_failing_status(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    from distilserve.bench.loadgen import Call
+
+    good = Call("/v1/classify", json.dumps({"input": "fine"}).encode())
+    missing = Call("/v1/embeddings", json.dumps({"input": "fine", "model": "missing"}).encode())
+    never = Call("/v1/answer", b"{}")
+    turn = ChatTurn("chat", b"", 1, 1, stages=((good, missing), (never,)))
+    with live_server() as server:
+
+        async def go() -> object:
+            client = RawHttpClient(server.url)
+            try:
+                return await closed_loop(client, [turn], 1, Bounds(max_requests=3, max_duration_s=60))
+            finally:
+                await client.aclose()
+
+        result = asyncio.run(go())  # type: ignore[arg-type]
+        routes = [
+            sample.labels["route"]
+            for family in state_of(server.app).metrics.registry.collect()
+            if family.name == "distilserve_requests"
+            for sample in family.samples
+            if sample.name == "distilserve_requests_total"
+        ]
+    assert result.ok == 0 and result.errors == {"404": 3}  # type: ignore[attr-defined]
+    assert "/v1/embeddings" in routes and "/v1/answer" not in routes  # the second stage never ran
 
 
 def test_encoder_flops_from_the_graph(tiny_bundles: BundleMap) -> None:

@@ -1,0 +1,1 @@
+"""Worked examples that use distilserve over HTTP, as an application would."""

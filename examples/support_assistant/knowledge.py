@@ -1,0 +1,159 @@
+"""The knowledge base: the project's Markdown documentation cut into passages.
+
+A passage is a few consecutive paragraphs of one section, small enough for the reader to see
+whole (its 384-token windows) and for an embedding to stay about one thing. Markdown syntax is
+stripped, because neither model was trained on it: a table row becomes "a; b; c", a link its
+text, and code blocks (commands, JSON) are left out, since their answers are not sentences.
+Each passage keeps its file and section title, so an answer can say where it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+EMPHASIS = re.compile(r"(\*\*|__|`)")
+TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}")
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    source: str  # file, relative to the documentation root, e.g. "README.md"
+    section: str  # the heading path, e.g. "Configuration"
+    text: str
+
+    @property
+    def citation(self) -> str:
+        return f"{self.source} § {self.section}" if self.section else self.source
+
+
+def plain_text(line: str) -> str:
+    """One Markdown line as plain text: links to their text, no emphasis or code marks."""
+    line = LINK.sub(r"\1", line)
+    line = EMPHASIS.sub("", line)
+    if line.lstrip().startswith("|"):
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        line = "; ".join(cell for cell in cells if cell)
+    line = re.sub(r"^\s*[-*]\s+", "", line)  # list bullets
+    return line.strip()
+
+
+def _blocks(markdown: str) -> Iterable[tuple[str, str]]:
+    """(section title, paragraph) pairs in document order; code blocks are skipped."""
+    section = ""
+    paragraph: list[str] = []
+    in_code = False
+    for raw in markdown.splitlines():
+        if raw.lstrip().startswith("```"):
+            in_code = not in_code
+            if paragraph:
+                yield section, " ".join(paragraph)
+                paragraph = []
+            continue
+        if in_code:
+            continue
+        heading = HEADING.match(raw)
+        if heading:
+            if paragraph:
+                yield section, " ".join(paragraph)
+                paragraph = []
+            section = plain_text(heading.group(2))
+            continue
+        if not raw.strip() or TABLE_RULE.match(raw.strip()):
+            if paragraph and not raw.strip():
+                yield section, " ".join(paragraph)
+                paragraph = []
+            continue
+        text = plain_text(raw)
+        if not text:
+            continue
+        stripped = raw.lstrip()
+        if stripped.startswith("|"):
+            # A table row is a block of its own, closed as a sentence.
+            if paragraph:
+                yield section, " ".join(paragraph)
+                paragraph = []
+            yield section, text if text[-1] in ".:;!?" else f"{text}."
+            continue
+        if stripped.startswith(("- ", "* ")) or re.match(r"^\d+\.\s", stripped):
+            # A list item starts a block; its indented continuation lines join it.
+            if paragraph:
+                yield section, " ".join(paragraph)
+            paragraph = [re.sub(r"^\d+\.\s+", "", text)]
+            continue
+        paragraph.append(text)
+    if paragraph:
+        yield section, " ".join(paragraph)
+
+
+def split_markdown(markdown: str, source: str, max_words: int = 120) -> list[Passage]:
+    """Consecutive paragraphs of one section, joined up to ``max_words`` words.
+
+    A paragraph longer than ``max_words`` stays whole (the reader splits long contexts into
+    windows itself); a paragraph never crosses a section boundary.
+    """
+    passages: list[Passage] = []
+    current: list[str] = []
+    current_section = ""
+    words = 0
+
+    def flush() -> None:
+        nonlocal current, words
+        if current:
+            passages.append(Passage(source, current_section, " ".join(current)))
+        current, words = [], 0
+
+    for section, paragraph in _blocks(markdown):
+        length = len(paragraph.split())
+        if section != current_section or words + length > max_words:
+            flush()
+            current_section = section
+        current.append(paragraph)
+        words += length
+    flush()
+    return [passage for passage in passages if len(passage.text.split()) >= 4]
+
+
+def documentation_files(root: Path) -> list[Path]:
+    """The project's documentation: its README and every Markdown file under docs/."""
+    return [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+
+
+def load_passages(root: Path, max_words: int = 120) -> list[Passage]:
+    passages: list[Passage] = []
+    for path in documentation_files(root):
+        if path.is_file():
+            source = path.relative_to(root).as_posix()
+            passages += split_markdown(path.read_text(encoding="utf-8"), source, max_words)
+    return passages
+
+
+class KnowledgeBase:
+    """Passages and their unit-length embeddings: retrieval is one matrix product."""
+
+    def __init__(self, passages: Sequence[Passage], embeddings: npt.NDArray[np.float32]) -> None:
+        if len(passages) != len(embeddings):
+            raise ValueError(f"{len(passages)} passages but {len(embeddings)} embeddings")
+        if not passages:
+            raise ValueError("the knowledge base is empty")
+        self.passages = list(passages)
+        self.embeddings = normalise(embeddings)
+
+    def search(self, query: npt.NDArray[np.float32], top_k: int) -> list[tuple[Passage, float]]:
+        """The ``top_k`` passages by cosine similarity to ``query``, best first."""
+        similarities = self.embeddings @ normalise(query[None, :])[0]
+        best = np.argsort(-similarities, kind="stable")[:top_k]
+        return [(self.passages[index], float(similarities[index])) for index in best]
+
+
+def normalise(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    result: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return result
