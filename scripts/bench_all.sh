@@ -7,7 +7,7 @@
 # (the commands are in BENCHMARKS.md), runs/sst2 (the sentiment build's teacher int8 bundle, from
 # scripts/build_sentiment_model.sh) and, for the infinity baseline, .bench-venvs/infinity.
 #
-# Usage: scripts/bench_all.sh [OUT]   (default runs/bench/2026-11-26); each step's JSON and
+# Usage: [ONLY="step-glob ..."] scripts/bench_all.sh [OUT]   (default runs/bench/2026-11-26); each step's JSON and
 # markdown land in OUT, with lscpu's flags in OUT/cpu.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,15 @@ EVAL=(.venv/bin/distilserve eval)
 EMBED=${EMBED_BUNDLE:-$HOME/.cache/distilserve/bundles/all-minilm-l6-v2}
 mkdir -p "$OUT"
 { lscpu | grep -E 'Model name|^CPU\(s\)|Flags'; uptime; git rev-parse --short HEAD; } > "$OUT/cpu.txt"
-step() { local name=$1; shift; echo "== $name $(date +%T)" >&2; "$@" > "$OUT/$name.log" 2>&1 || { tail -20 "$OUT/$name.log" >&2; exit 1; }; }
+# ONLY="name-glob ...": run only the matching steps (e.g. ONLY="infinity-* chat").
+step() {
+  local name=$1 pattern selected=${ONLY:+0}
+  shift
+  for pattern in ${ONLY:-}; do [[ $name == $pattern ]] && selected=1; done
+  if [ "${selected:-1}" = 0 ]; then return 0; fi
+  echo "== $name $(date +%T)" >&2
+  "$@" > "$OUT/$name.log" 2>&1 || { tail -20 "$OUT/$name.log" >&2; exit 1; }
+}
 
 # Issue 16, goals 1, 3 and 7: the three shipped/default models, served per server variant against
 # the in-process ceiling (which plans batches with the server's planner).
@@ -47,7 +55,7 @@ if [ -x .bench-venvs/infinity/bin/infinity_emb ]; then
   for round in 1 2 3; do
     step "infinity-$round" "${BENCH[@]}" --embed-bundle "$EMBED" --workloads embed \
       --baselines infinity --concurrency 32 --duration-s 10 --no-compare-clients --no-gemm-peak \
-      --infinity-venv .bench-venvs/infinity --output "$OUT/infinity-$round.json"
+      --infinity-venv "$PWD/.bench-venvs/infinity" --output "$OUT/infinity-$round.json"
   done
 fi
 # Issue 13: the student against its teacher, both int8, served at 32 clients.

@@ -47,8 +47,15 @@ def _is_built(bundle_dir: Path) -> bool:
     # The manifest is written last and the folder appears by rename, so a readable manifest
     # means a complete bundle; its file hashes are checked when the bundle is loaded.
     try:
-        read_manifest(bundle_dir)
+        manifest = read_manifest(bundle_dir)
     except BundleError:
+        return False
+    # A bundle cached by a release before per-row activation scales answers differently alone
+    # and batched: it is rebuilt rather than served as the default.
+    if manifest.quantization.mode == "int8" and manifest.quantization.batch_invariant is not True:
+        logger.info(
+            "cached default bundle is not batch invariant; rebuilding", extra={"bundle": str(bundle_dir)}
+        )
         return False
     return True
 

