@@ -89,16 +89,31 @@ def corpus(size: int = 400, seed: int = 0) -> list[str]:
 
 
 def train_tokenizer(folder: Path, arch: Arch, model_max_length: int = 128) -> None:
-    """Train a BERT-style WordPiece tokenizer and save it as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Build a BERT-style WordPiece tokenizer and save it as a transformers fast tokenizer.
+
+    The vocabulary is built here, not by ``tokenizers``' WordPiece trainer: the trainer breaks
+    ties in hash-map order, which changes from one process to the next, so every test session
+    got different token ids, hence different tiny models, and checks near a threshold (int8
+    agreement on near-tied logits) passed or failed by chance. Here the ids are fixed: the
+    special tokens, every character alone and as a continuation (``##x``, so any word can be
+    spelled), then the corpus's words, sorted.
+    """
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials, min_frequency=1)
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    pieces = (pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)) for text in corpus())
+    words = sorted({word for words_and_offsets in pieces for word, _ in words_and_offsets})
+    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    tokens = [*specials, *characters, *(f"##{character}" for character in characters), *words]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

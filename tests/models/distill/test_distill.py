@@ -164,7 +164,7 @@ def test_finetune_mode_makes_a_classifier(
 ) -> None:
     base = tiny_checkpoints[("distilbert", "feature-extraction")]
     settings = tiny_settings(
-        tmp_path, base, toy_files, mode="finetune", labels=list(LABELS.values()), epochs=4
+        tmp_path, base, toy_files, mode="finetune", labels=list(LABELS.values()), epochs=8
     )
     assert run(settings) == 0
     record = json.loads((settings.output / TRAINING_RECORD).read_text())
