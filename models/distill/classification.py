@@ -71,15 +71,9 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
     )
     dev_examples = None
     if settings.validation_rows is not None:
-        if settings.dev_file is not None:
-            raise ValueError(
-                "--validation-rows holds out training rows instead of --dev-file: give one of them"
-            )
         # Split before subsampling, so the held-out rows depend on the seed alone.
         train_examples, dev_examples = train_examples.split(settings.validation_rows, settings.seed)
     train_examples = train_examples.subsample(settings.max_train_samples, settings.seed)
-    if settings.augment_copies and settings.mode != "distill":
-        raise ValueError("--augment-copies needs --mode distill: augmented texts are labelled by the teacher")
     if settings.dev_file is not None:
         dev_examples = read_examples(
             settings.dev_file, text_column=settings.text_column, label_column=settings.label_column
@@ -133,7 +127,6 @@ def train_classifier(settings: Settings) -> dict[str, Any]:
         if weights.beta > 0 and train_set.labels is None:
             raise ValueError("the training file has no labels: distill with --beta 0 (soft targets only)")
         teacher.to(device).eval()
-        augmented_rows = 0
         if settings.augment_copies:
             texts = augment_texts(
                 train_examples.texts,

@@ -166,13 +166,23 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="log line format")
 
 
-def train_from_settings(settings: Settings) -> dict[str, Any]:
-    """Run one fine-tuning or distillation job; returns the record saved as training.json."""
+def check_options(settings: Settings) -> None:
+    """Refuse option combinations that no task accepts, before any file or model is read."""
     if settings.task == "question-answering":
-        from distilserve.models.distill.question_answering import train_question_answering
-
         if settings.validation_rows is not None or settings.augment_copies:
             raise ValueError("--validation-rows and --augment-copies are for text classification")
+        return
+    if settings.validation_rows is not None and settings.dev_file is not None:
+        raise ValueError("--validation-rows holds out training rows instead of --dev-file: give one of them")
+    if settings.augment_copies and settings.mode != "distill":
+        raise ValueError("--augment-copies needs --mode distill: augmented texts are labelled by the teacher")
+
+
+def train_from_settings(settings: Settings) -> dict[str, Any]:
+    """Run one fine-tuning or distillation job; returns the record saved as training.json."""
+    check_options(settings)
+    if settings.task == "question-answering":
+        from distilserve.models.distill.question_answering import train_question_answering
 
         return train_question_answering(settings)
     from distilserve.models.distill.classification import train_classifier
