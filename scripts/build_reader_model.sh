@@ -105,12 +105,5 @@ timed eval-first-500 "$CLI" eval "$BUNDLES/$NAME" --dataset squad --data-dir "$D
   --output "$RUNS/eval-first-500.json"
 
 if [ "$SHIP" -eq 1 ]; then
-  # Only the bundle's own files are replaced; MODEL_CARD.md (hand-written) stays.
-  mkdir -p "$ZOO"
-  cp "$BUNDLES/$NAME"/distilserve.json "$BUNDLES/$NAME"/model.onnx "$BUNDLES/$NAME"/tokenizer.json "$ZOO"/
-  cp "$RUNS/teacher/training.json" "$ZOO/training-teacher.json"
-  cp "$RUNS/student/training.json" "$ZOO/training-student.json"
-  cp "$RUNS/eval.json" "$ZOO/eval.json"
-  cp "$RUNS/eval-first-500.json" "$ZOO/eval-first-500.json"
-  echo "refreshed $ZOO; update the figures in $ZOO/MODEL_CARD.md from $ZOO/eval.json" >&2
+  ship_bundle "$BUNDLES/$NAME" "$ZOO" "$RUNS/eval.json" "$RUNS/eval-first-500.json"
 fi

@@ -106,6 +106,8 @@ if [ "$STAGE" != finish ]; then
   # 128 over the transfer set.
   for spec in $STUDENTS; do
     IFS=: read -r layers temperature lr <<< "$spec"
+    # ${layers//,/ } is split on purpose: one argument per layer.
+    # shellcheck disable=SC2086
     queue_run "student-l${layers//,/}-t$temperature-lr$lr" "${CLI[@]}" distill "$RUNS/teacher" --mode distill \
       --student-layers ${layers//,/ } --temperature "$temperature" --alpha 1 --beta 0.2 --cosine-weight 0.5 \
       --augment-copies 4 --output "$RUNS/student-l${layers//,/}-t$temperature-lr$lr" --epochs 3 \
@@ -169,12 +171,7 @@ PY
     --compare "teacher-fp32=$BUNDLES/sst2-teacher-fp32" "teacher-int8=$BUNDLES/sst2-teacher-int8" \
     --output "$RUNS/eval.json"
   if [ "$SHIP" -eq 1 ]; then
-    # Only the bundle's own files and the records are replaced; MODEL_CARD.md (hand-written) stays.
-    mkdir -p "$ZOO"
-    cp "$BUNDLES/$NAME"/distilserve.json "$BUNDLES/$NAME"/model.onnx "$BUNDLES/$NAME"/tokenizer.json "$ZOO"/
-    cp "$RUNS/teacher/training.json" "$ZOO/training-teacher.json"
-    cp "$RUNS/student/training.json" "$ZOO/training-student.json"
-    cp "$RUNS/teacher-selection.json" "$RUNS/student-selection.json" "$RUNS/eval-validation.json" "$RUNS/eval.json" "$ZOO"/
-    echo "refreshed $ZOO; update the figures in $ZOO/MODEL_CARD.md from $ZOO/eval.json" >&2
+    ship_bundle "$BUNDLES/$NAME" "$ZOO" "$RUNS/teacher-selection.json" "$RUNS/student-selection.json" \
+      "$RUNS/eval-validation.json" "$RUNS/eval.json"
   fi
 fi

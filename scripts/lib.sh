@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by the build scripts (sourced, not run). They expect $RUNS to be set.
 
 # timed NAME COMMAND...: run with its output in $RUNS/NAME.log, then print the log's last lines
@@ -57,4 +58,18 @@ run_queued() {
   SWEEP_NAMES=() SWEEP_COMMANDS=()
   echo "== sweep took $((SECONDS - start)) s" >&2
   [ "$failed" -eq 0 ] || exit 1
+}
+
+# ship_bundle BUNDLE ZOO [RECORD...]: refresh a shipped bundle in ZOO from BUNDLE: the bundle's own
+# files, the teacher's and the student's training records ($RUNS/teacher, $RUNS/student), and
+# the given records. MODEL_CARD.md is hand-written and stays.
+ship_bundle() {
+  local bundle=$1 zoo=$2
+  shift 2
+  mkdir -p "$zoo"
+  cp "$bundle"/distilserve.json "$bundle"/model.onnx "$bundle"/tokenizer.json "$zoo"/
+  cp "$RUNS/teacher/training.json" "$zoo/training-teacher.json"
+  cp "$RUNS/student/training.json" "$zoo/training-student.json"
+  if [ $# -gt 0 ]; then cp "$@" "$zoo"/; fi
+  echo "refreshed $zoo; update the figures in $zoo/MODEL_CARD.md from $zoo/eval.json" >&2
 }
