@@ -88,7 +88,10 @@ def build_app(
     own_docs = settings.docs_access == "open" or (settings.docs_access == "protected" and not keyed_docs)
     app = FastAPI(
         title="distilserve",
-        summary="Low-latency inference for distilled transformer models: classification, QA, embeddings.",
+        summary=(
+            "Low-latency inference for distilled transformer models: classification, QA, embeddings, "
+            "reranking."
+        ),
         version=package_version("distilserve"),
         lifespan=lifespan,
         openapi_url="/openapi.json" if own_docs else None,

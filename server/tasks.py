@@ -10,6 +10,7 @@ from __future__ import annotations
 from distilserve.server.classify.api_router import SERVER_TASK as CLASSIFY
 from distilserve.server.embed.api_router import SERVER_TASK as EMBED
 from distilserve.server.qa.api_router import SERVER_TASK as QA
+from distilserve.server.rerank.api_router import SERVER_TASK as RERANK
 from distilserve.server.services import ServerTask
 
-SERVER_TASKS: tuple[ServerTask, ...] = (CLASSIFY, QA, EMBED)
+SERVER_TASKS: tuple[ServerTask, ...] = (CLASSIFY, QA, EMBED, RERANK)
