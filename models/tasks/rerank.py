@@ -159,24 +159,39 @@ class RerankProcessor(TaskProcessor[RerankPair, RerankParams, float]):
         return float(logits[0]) if params.raw_scores else float(sigmoid(logits)[0])
 
 
+# Sample pairs whose fp32 logits are closer than this are ties for the order check: int8 moves
+# logits by a few hundredths, so their order is noise, not a ranking (a trained reranker puts
+# many unrelated documents within this of each other; what matters is the relevant one above them).
+ORDER_MARGIN = 0.1
+
+
 def relevance_scores(outputs: Sequence[Outputs]) -> np.ndarray:
     """Every sample's relevance score, as the runtime reports it by default (the sigmoid)."""
-    return class_scores(np.concatenate([out["logits"] for out in outputs]), None)[:, 0]
+    return class_scores(relevance_logits(outputs)[:, None], None)[:, 0]
+
+
+def relevance_logits(outputs: Sequence[Outputs]) -> np.ndarray:
+    return np.concatenate([out["logits"] for out in outputs])[:, 0].astype(np.float64)
 
 
 def ranking_metrics(reference: Sequence[Outputs], candidate: Sequence[Outputs]) -> dict[str, float]:
     """int8 against fp32 for a reranker: what matters is the order of the documents.
 
-    ``order_agreement`` is the share of sample pairs that both rank the same way (ties count
-    as agreeing only with ties), ``max_probability_gap`` the largest change of a score.
+    ``order_agreement`` is the share of sample pairs that int8 orders as fp32 does, among the
+    ``ordered_pairs`` whose fp32 logits differ by ``ORDER_MARGIN`` or more (1.0 when there are
+    none: every sample scores the same, so there is no order to keep); ``max_probability_gap``
+    is the largest change of a score.
     """
+    ref_logits, cand_logits = relevance_logits(reference), relevance_logits(candidate)
     ref, cand = relevance_scores(reference), relevance_scores(candidate)
-    ref_order = np.sign(ref[:, None] - ref[None, :])
-    cand_order = np.sign(cand[:, None] - cand[None, :])
-    upper = np.triu_indices(len(ref), k=1)
-    agree = ref_order[upper] == cand_order[upper]
+    upper = np.triu_indices(len(ref_logits), k=1)
+    ref_diff = (ref_logits[:, None] - ref_logits[None, :])[upper]
+    cand_diff = (cand_logits[:, None] - cand_logits[None, :])[upper]
+    ordered = np.abs(ref_diff) >= ORDER_MARGIN
+    agree = np.sign(ref_diff[ordered]) == np.sign(cand_diff[ordered])
     return {
         "order_agreement": float(agree.mean()) if agree.size else 1.0,
+        "ordered_pairs": float(agree.size),
         "max_probability_gap": float(np.abs(ref - cand).max(initial=0.0)),
         "mean_probability_gap": float(np.abs(ref - cand).mean()) if ref.size else 0.0,
     }
@@ -199,7 +214,8 @@ SPEC = TaskSpec(
     optimum_task="text-classification",
     outputs=("logits",),
     agreement=lambda reference, candidate, batches, context: ranking_metrics(reference, candidate),
-    # The classifier's marks: a share of agreeing decisions, and the largest score gap.
+    # The classifier's marks: a share of agreeing decisions (the order of the sample pairs), and
+    # the largest score gap.
     thresholds=lambda marks: {
         "order_agreement": marks.min_argmax_agreement,
         "max_probability_gap": marks.max_probability_gap,
