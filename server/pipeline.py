@@ -1,7 +1,7 @@
 """The inference pipeline every task shares: check limits, tokenize, batch, finish.
 
 A task's ``serving.py`` turns its protocol request into model items and parameters and calls
-``InferencePipeline.run_texts`` (or, for QA pairs, ``run_items``). Tokenization and
+``InferencePipeline.run_texts`` (or, for pairs (QA, rerank), ``run_items``). Tokenization and
 post-processing run on the model's own thread pool (its CPU lane), never on the event loop, so
 one model's large requests queue behind each other and never in front of another model's; rows
 go to the model's dynamic batcher (``distilserve.server.batching``). Admission, deadlines and disconnects
