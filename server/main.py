@@ -31,14 +31,19 @@ __all__ = ["ServerSettings", "default_model_specs", "run"]
 
 logger = logging.getLogger(__name__)
 
-# Shipped with the repository (see model-zoo/), so a fresh clone classifies sentiment and
-# answers questions at once.
-DEFAULT_ZOO_MODELS = {"sst2-sentiment": "sst2-minilm-l3-int8", "squad-reader": "squad-minilm-l3-int8"}
+# Shipped with the repository (see model-zoo/), so a fresh clone classifies sentiment, answers
+# questions and reranks passages at once. Any bundle in one of these folders is served under its
+# name (the reranker: any rerank bundle dropped into model-zoo/squad-reranker/).
+DEFAULT_ZOO_MODELS = {
+    "sst2-sentiment": "sst2-minilm-l3-int8",
+    "squad-reader": "squad-minilm-l3-int8",
+    "squad-reranker": "squad-reranker",
+}
 
 
 def default_model_specs(settings: ServerSettings) -> list[ModelSpec]:
     """The models served when none is named: the embedding default (built on first use), the
-    shipped sentiment classifier and the shipped SQuAD reader."""
+    shipped sentiment classifier, the shipped SQuAD reader and the shipped SQuAD reranker."""
     specs = []
     for name, folder in DEFAULT_ZOO_MODELS.items():
         if (settings.model_zoo / folder / MANIFEST_NAME).is_file():

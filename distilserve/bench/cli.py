@@ -19,6 +19,8 @@ commit and the command; ``--plot-dir`` also renders the two PNG plots.
 
 The chat workload (``--workloads chat``, with all three bundles) times whole chatbot turns as
 ``examples/support_assistant`` makes them: classify and embed a message, then read 5 passages.
+The rerank workload (``--rerank-bundle``) sends a question and 20 passages per request; its
+items are pairs, so served and ceiling rates are both pairs per second (no PyTorch baseline).
 
 ``--overload`` replaces all of that with the overload test of ``distilserve.bench.overload``
 (capacity, a flood without back-off, an open loop past capacity, liveness probes) on the first
@@ -62,6 +64,7 @@ from distilserve.bench.workloads import (
     classify_workload,
     embed_workload,
     qa_workload,
+    rerank_workload,
     sweep_workloads,
 )
 from distilserve.models.bundle import Task, read_manifest
@@ -71,18 +74,19 @@ from distilserve.models.evaluation.data import DataError, default_data_dir
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Kind = Literal["classify", "qa", "embed"]
-WorkloadChoice = Literal["classify", "qa", "embed", "sweep", "chat"]
+Kind = Literal["classify", "qa", "embed", "rerank"]
+WorkloadChoice = Literal["classify", "qa", "embed", "rerank", "sweep", "chat"]
 # "none" alone runs distilserve only (a list flag cannot be given empty).
 Baseline = Literal["ceiling", "pytorch", "infinity", "none"]
 # chat is asked for by name (--workloads chat): it needs all three bundles and times turns, not requests.
-ALL_WORKLOADS: tuple[WorkloadChoice, ...] = ("classify", "qa", "embed", "sweep")
+ALL_WORKLOADS: tuple[WorkloadChoice, ...] = ("classify", "qa", "embed", "rerank", "sweep")
 ALL_BASELINES: tuple[Baseline, ...] = ("ceiling", "pytorch", "infinity")
 ALL_INFINITY_GRAPHS: tuple[InfinityGraph, ...] = ("optimum", "distilserve")
 KIND_TASKS: dict[Kind, Task] = {
     "classify": "text-classification",
     "qa": "question-answering",
     "embed": "feature-extraction",
+    "rerank": "rerank",
 }
 
 
@@ -94,6 +98,9 @@ class Settings(BaseSettings):
     classify_bundle: Path | None = Field(None, description="classification bundle (SST-2 workload)")
     qa_bundle: Path | None = Field(None, description="question-answering bundle (SQuAD workload)")
     embed_bundle: Path | None = Field(None, description="embedding bundle (STS-B workload)")
+    rerank_bundle: Path | None = Field(
+        None, description="rerank bundle (SQuAD workload: a question and 20 passages per request)"
+    )
     url: str | None = Field(
         None,
         description="load-test the distilserve server already running here (loopback only) instead of "
@@ -117,6 +124,9 @@ class Settings(BaseSettings):
     duration_s: float = Field(15.0, gt=0, description="longest run, in seconds (whichever bound comes first)")
     warmup_requests: int = Field(64, ge=0, description="unrecorded requests before each run")
     qa_items: int = Field(1000, ge=1, description="SQuAD questions in the QA workload")
+    rerank_items: int = Field(
+        200, ge=1, description="SQuAD questions in the rerank workload (20 passages, one request each)"
+    )
     chat_items: int = Field(
         500,
         ge=1,
@@ -135,6 +145,7 @@ class Settings(BaseSettings):
     )
     qa_source: Path | None = Field(None, description="PyTorch checkpoint of the QA model")
     embed_source: Path | None = Field(None, description="PyTorch checkpoint of the embedding model")
+    rerank_source: Path | None = Field(None, description="PyTorch checkpoint of the cross-encoder")
     # Paths are relative to the working directory (the repository root, where `make` and the docs
     # run it), never to where this package is installed.
     repo: Path = Field(Path("."), description="the git checkout whose commit the report records")
@@ -216,10 +227,20 @@ class Settings(BaseSettings):
         return value
 
     def bundle_for(self, kind: Kind) -> Path | None:
-        return {"classify": self.classify_bundle, "qa": self.qa_bundle, "embed": self.embed_bundle}[kind]
+        return {
+            "classify": self.classify_bundle,
+            "qa": self.qa_bundle,
+            "embed": self.embed_bundle,
+            "rerank": self.rerank_bundle,
+        }[kind]
 
     def source_for(self, kind: Kind) -> Path | None:
-        return {"classify": self.classify_source, "qa": self.qa_source, "embed": self.embed_source}[kind]
+        return {
+            "classify": self.classify_source,
+            "qa": self.qa_source,
+            "embed": self.embed_source,
+            "rerank": self.rerank_source,
+        }[kind]
 
     @property
     def bounds(self) -> Bounds:
@@ -290,9 +311,14 @@ def _flops(bundle: Path) -> EncoderFlops | None:
 
 
 def plan_workloads(settings: Settings, report: BenchReport) -> list[Planned]:
-    builders = {"classify": classify_workload, "qa": qa_workload, "embed": embed_workload}
+    builders = {
+        "classify": classify_workload,
+        "qa": qa_workload,
+        "embed": embed_workload,
+        "rerank": rerank_workload,
+    }
     planned: list[Planned] = []
-    for kind in ("classify", "qa", "embed"):
+    for kind in ("classify", "qa", "embed", "rerank"):
         if kind not in settings.workloads:
             continue
         bundle = settings.bundle_for(kind)
@@ -302,7 +328,7 @@ def plan_workloads(settings: Settings, report: BenchReport) -> list[Planned]:
         task = read_manifest(bundle).task
         if task != KIND_TASKS[kind]:
             raise DataError(bundle, f"bundle serves {task}; the {kind} workload needs {KIND_TASKS[kind]}")
-        limit = settings.qa_items if kind == "qa" else None
+        limit = {"qa": settings.qa_items, "rerank": settings.rerank_items}.get(kind)
         workload = builders[kind](bundle, settings.data_dir, limit, _flops(bundle))
         report.workloads[workload.name] = {
             "kind": kind,
@@ -597,6 +623,10 @@ def phase_pytorch(
     if sweep is not None and sweep.kind not in kinds:
         kinds[sweep.kind] = Planned(sweep.kind, sweep.bundle, sweep.workloads[0])
     for kind, item in kinds.items():
+        if kind == "rerank":
+            # The PyTorch baseline server speaks distilserve's classify, answer and embeddings routes.
+            report.notes.append("pytorch rerank: the PyTorch baseline serves no rerank route; skipped")
+            continue
         checkpoint = checkpoint_for(item.bundle, settings.source_for(kind))
         if checkpoint is None:
             report.notes.append(f"pytorch {kind}: no checkpoint folder (pass --{kind}-source); skipped")

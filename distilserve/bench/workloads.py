@@ -9,7 +9,10 @@ pre-encoded HTTP requests (for the servers).
 * chat: one chatbot message per turn, as ``examples/support_assistant`` handles it: the SQuAD
   dev question is classified and embedded (concurrently), then read against 5 passages in one
   ``/v1/answer`` request (its own context and the next 4 distinct contexts of the dev set, in
-  place of retrieved ones: the retrieval itself is a small matrix product on the client).
+  place of retrieved ones: the retrieval itself is a small matrix product on the client);
+* rerank: one SQuAD dev question and 20 passages per ``/v1/rerank`` request (its own context and
+  the next 19 distinct contexts of the dev set, as a retriever's top 20 would be); an item is
+  one (question, passage) pair, so items per second are pairs per second, served and in process.
 
 One item per request is the online case the dynamic batcher exists for: every batch the
 server runs is assembled from concurrent requests. Token counts come from the bundle's
@@ -29,11 +32,13 @@ from distilserve.bench.gemm_peak import EncoderFlops
 from distilserve.bench.loadgen import BenchRequest, Call, ChatTurn
 from distilserve.models.bundle import TOKENIZER_NAME, Task, read_manifest
 from distilserve.models.evaluation.data import SQUAD_DEV, SST2_DEV, STSB_DEV, read_squad, read_sst2, read_stsb
-from distilserve.models.tasks import QAInput, processor_for
+from distilserve.models.tasks import QAInput, RerankPair, processor_for
 from distilserve.models.tokenization import ThreadSafeTokenizer
 
-WorkloadName = Literal["classify", "qa", "embed", "sweep", "chat"]
+WorkloadName = Literal["classify", "qa", "embed", "sweep", "chat", "rerank"]
 CHAT_PASSAGES = 5
+# Passages per rerank request: a retriever's top 20.
+RERANK_DOCUMENTS = 20
 # The request shape a server speaks: distilserve's routes (which the PyTorch baseline copies),
 # or infinity's OpenAI-style /embeddings.
 Api = Literal["distilserve", "infinity"]
@@ -41,6 +46,7 @@ ROUTES: dict[Task, str] = {
     "text-classification": "/v1/classify",
     "question-answering": "/v1/answer",
     "feature-extraction": "/v1/embeddings",
+    "rerank": "/v1/rerank",
 }
 
 
@@ -48,9 +54,11 @@ ROUTES: dict[Task, str] = {
 class Workload:
     name: str
     task: Task
-    items: list[Any]  # str, or QAInput for question answering
+    items: list[Any]  # str, QAInput for question answering, RerankPair for rerank
     tokens: list[int]  # model tokens of each item (all rows, special tokens included)
     flops: list[float] = field(default_factory=list)  # useful operations per item, when counted
+    # Items that must share a request (a rerank query's documents); 1: any grouping.
+    per_request: int = 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -65,7 +73,7 @@ class Workload:
         """Requests of ``items_per_request`` consecutive items each (one, the online case, by
         default), JSON encoded once, up front: the client only sends bytes."""
         flops = self.flops or [0.0] * len(self.items)
-        size = max(1, items_per_request)
+        size = self.per_request if self.per_request > 1 else max(1, items_per_request)
         requests = []
         for start in range(0, len(self.items), size):
             items = self.items[start : start + size]
@@ -93,6 +101,9 @@ def encode_body(task: Task, item: Any, model: str | None, api: Api = "distilserv
     body: dict[str, Any]
     if api == "infinity":
         body = {"input": item if isinstance(item, list) else [item]}
+    elif task == "rerank":
+        pairs = item if isinstance(item, list) else [item]
+        body = {"query": pairs[0].query, "documents": [pair.document for pair in pairs]}
     elif task == "question-answering":
         pairs = item if isinstance(item, list) else [item]
         inputs = [{"question": pair.question, "context": pair.context} for pair in pairs]
@@ -136,6 +147,25 @@ def qa_workload(
     examples = read_squad(data_dir / SQUAD_DEV, limit)
     items = [QAInput(question=example.question, context=example.context) for example in examples]
     return _workload("squad-qa", bundle, items, flops)
+
+
+def rerank_workload(
+    bundle: Path, data_dir: Path, limit: int | None = None, flops: EncoderFlops | None = None
+) -> Workload:
+    """``limit`` SQuAD dev questions (all by default), each with its own context and the next
+    ``RERANK_DOCUMENTS - 1`` distinct contexts of the whole dev set: one request per question."""
+    examples = read_squad(data_dir / SQUAD_DEV)
+    contexts = list(dict.fromkeys(example.context for example in examples))
+    position = {context: index for index, context in enumerate(contexts)}
+    count = min(RERANK_DOCUMENTS, len(contexts))
+    pairs = [
+        RerankPair(example.question, contexts[(position[example.context] + offset) % len(contexts)])
+        for example in examples[:limit]
+        for offset in range(count)
+    ]
+    workload = _workload("squad-rerank", bundle, pairs, flops)
+    workload.per_request = count
+    return workload
 
 
 def embed_workload(

@@ -29,6 +29,7 @@ from distilserve.models.bundle import load_manifest
 from distilserve.models.tasks.qa import PIPELINE_MAX_SEQ_LEN
 from distilserve.server.app import build_app
 from tests.server.conftest import make_settings
+from tests.tiny_models import Arch
 
 # Cases per operation and generation mode; over the API's operations, a few hundred in all.
 CASES_PER_OPERATION = 25
@@ -45,8 +46,14 @@ def every_check() -> list[CheckFunction]:
 
 
 @pytest.fixture
-def api_schema(model_args: list[str]) -> Iterator[BaseSchema]:
-    server_settings = make_settings(model_args)
+def served_args(model_args: list[str], tiny_rerank_bundles: dict[tuple[Arch, Any], Path]) -> list[str]:
+    """The server fixtures' models, with a reranker: every task's routes have a model."""
+    return [*model_args, f"reranker={tiny_rerank_bundles[('bert', 'int8')]}"]
+
+
+@pytest.fixture
+def api_schema(served_args: list[str]) -> Iterator[BaseSchema]:
+    server_settings = make_settings(served_args)
     app = build_app(server_settings, server_settings.model_specs)
     try:
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -74,9 +81,9 @@ def past_a_model_bound(case: schemathesis.Case, bounds: dict[tuple[str, str], in
     return False
 
 
-def test_generated_requests_meet_the_openapi_document(api_schema: BaseSchema, model_args: list[str]) -> None:
+def test_generated_requests_meet_the_openapi_document(api_schema: BaseSchema, served_args: list[str]) -> None:
     checks = every_check()
-    bundles = dict(arg.split("=", 1) for arg in model_args)
+    bundles = dict(arg.split("=", 1) for arg in served_args)
     window = min(load_manifest(Path(bundles["reader"])).max_length, PIPELINE_MAX_SEQ_LEN)
     width = load_manifest(Path(bundles["encoder"])).hidden_size
     assert width is not None

@@ -7,7 +7,9 @@ and validating must not drop anything (no undocumented field) or change any valu
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -16,6 +18,8 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from distilserve.server.app import ROUTERS
+from tests.server.conftest import running_app
+from tests.tiny_models import Arch
 
 CONTEXT = "The hotel opened in 1921 near the airport in Paris."
 PAIR = {"question": "When did the hotel open?", "context": CONTEXT}
@@ -32,6 +36,10 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/answer", {"inputs": PAIR}),
     ("POST", "/v1/answer", {"inputs": [PAIR, PAIR], "parameters": {"top_k": 2}}),
     ("POST", "/v1/answer", {"inputs": [PAIR], "parameters": {"top_k": 1}}),
+    ("POST", "/rerank", {"query": "when?", "texts": [CONTEXT, "a fine film"]}),
+    ("POST", "/rerank", {"query": "when?", "texts": [CONTEXT], "return_text": True, "raw_scores": True}),
+    ("POST", "/v1/rerank", {"query": "when?", "documents": [CONTEXT, "a fine film"], "top_n": 1}),
+    ("POST", "/v2/rerank", {"query": "when?", "documents": [CONTEXT], "return_documents": False}),
     ("GET", "/v1/models", None),
     ("GET", "/info", None),
     ("GET", "/health/live", None),
@@ -43,7 +51,19 @@ ERROR_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/embeddings", {"input": ["x"] * 300}),  # 413
     ("POST", "/v1/answer", {"inputs": PAIR, "model": "sentiment"}),  # 400
     ("POST", "/predict", {"inputs": 3}),  # 422 from validation
+    ("POST", "/rerank", {"query": "when?", "texts": ["x"] * 300}),  # 413
+    ("POST", "/v1/rerank", {"query": "when?", "documents": ["x"], "top_n": -1}),  # 422
 ]
+
+
+@pytest.fixture
+async def app_client(
+    model_args: list[str], tiny_rerank_bundles: dict[tuple[Arch, Literal["int8", "none"]], Path]
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The server fixtures' app, with a reranker beside the other tasks' models."""
+    reranker = f"reranker={tiny_rerank_bundles[('bert', 'int8')]}"
+    async with running_app([*model_args, reranker]) as pair:
+        yield pair
 
 
 def api_routes() -> list[APIRoute]:
@@ -118,6 +138,14 @@ def test_every_inference_route_documents_every_error_status(
 ) -> None:
     app, _ = app_client
     paths = app.openapi()["paths"]
-    for path in ("/v1/classify", "/predict", "/v1/embeddings", "/embed", "/v1/answer"):
+    for path in (
+        "/v1/classify",
+        "/predict",
+        "/v1/embeddings",
+        "/embed",
+        "/v1/answer",
+        "/rerank",
+        "/v1/rerank",
+    ):
         listed = set(paths[path]["post"]["responses"])
         assert {"400", "401", "404", "413", "422", "429", "503", "504"} <= listed, path
