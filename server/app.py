@@ -26,6 +26,7 @@ from distilserve.server.service.api_router import docs_router, health_router, in
 from distilserve.server.service.serving import package_version
 from distilserve.server.services import Services
 from distilserve.server.settings import ModelSpec, ServerSettings
+from distilserve.server.topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ def session_options(settings: ServerSettings) -> SessionOptions:
 
 
 def build_app(
-    settings: ServerSettings, specs: Sequence[ModelSpec], routers: Sequence[APIRouter] = ROUTERS
+    settings: ServerSettings,
+    specs: Sequence[ModelSpec],
+    routers: Sequence[APIRouter] = ROUTERS,
+    topology: Topology | None = None,
 ) -> FastAPI:
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
@@ -69,7 +73,7 @@ def build_app(
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
     )
-    services = Services.build(settings, registry, metrics)
+    services = Services.build(settings, registry, metrics, topology)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

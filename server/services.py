@@ -20,6 +20,7 @@ from distilserve.server.qa.serving import AnswerService
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.service.serving import ServiceInfo
 from distilserve.server.settings import ServerSettings
+from distilserve.server.topology import Topology, single_process
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,13 @@ class Services:
     info: ServiceInfo
 
     @classmethod
-    def build(cls, settings: ServerSettings, registry: ModelRegistry, metrics: ServerMetrics) -> Services:
+    def build(
+        cls,
+        settings: ServerSettings,
+        registry: ModelRegistry,
+        metrics: ServerMetrics,
+        topology: Topology | None = None,
+    ) -> Services:
         pipeline = InferencePipeline(settings, registry, metrics)
         return cls(
             settings=settings,
@@ -46,21 +53,28 @@ class Services:
             classify=ClassifyService(pipeline),
             embed=EmbedService(pipeline),
             answer=AnswerService(pipeline),
-            info=ServiceInfo(settings, registry),
+            info=ServiceInfo(settings, registry, topology or single_process(settings)),
         )
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services = request.app.state.services
     if not isinstance(services, Services):
         raise TypeError("app.state.services is not set: build the app with distilserve.server.app.build_app")
     return services
 
 
+# Both dependencies are ``async def``: FastAPI runs a plain ``def`` dependency on AnyIO's thread
+# pool, two thread hops per request for an attribute lookup each (py-spy showed them on every
+# request: ``solve_dependencies -> run_in_threadpool``).
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def request_context(request: Request, services: ServicesDep) -> RequestContext:
+async def request_context(request: Request, services: ServicesDep) -> RequestContext:
     """The request's deadline (X-Request-Timeout), and the model and tokens the access log reports."""
     context = services.admission.context_for(request)
     request.state.context = context
