@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,37 @@ class SessionOptions:
     graph_optimization: bool = True
 
 
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity masks, e.g. a container's cpuset)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The container's CPU limit in cores (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``
+    over ``cpu.cfs_period_us``); None when there is none. A Kubernetes ``limits.cpu`` lands here,
+    not in the affinity mask: the node's cores stay visible, but only this many can be used."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
+def cpu_count(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: the affinity mask (a container's cpuset), and no more than
+    the cgroup's CPU quota, rounded down (at least 1), so that threads are not throttled."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return cores
 
 
 class OnnxSession:

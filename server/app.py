@@ -24,6 +24,7 @@ from distilserve.server.service.serving import package_version
 from distilserve.server.services import ServerTask, Services
 from distilserve.server.settings import ModelSpec, ServerSettings
 from distilserve.server.tasks import SERVER_TASKS
+from distilserve.server.topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def build_app(
     specs: Sequence[ModelSpec],
     routers: Sequence[APIRouter] = ROUTERS,
     tasks: Sequence[ServerTask] = SERVER_TASKS,
+    topology: Topology | None = None,
 ) -> FastAPI:
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
@@ -69,7 +71,7 @@ def build_app(
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
     )
-    services = Services.build(settings, registry, metrics, tasks)
+    services = Services.build(settings, registry, metrics, tasks, topology)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

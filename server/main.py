@@ -25,6 +25,7 @@ from distilserve.server.http_protocol import FastAnswers, guarded_protocol
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.services import Services
 from distilserve.server.settings import ModelSpec, ServerSettings
+from distilserve.server.topology import Topology, resolve_topology
 from distilserve.server.workers import WorkerSupervisor
 
 __all__ = ["ServerSettings", "default_model_specs", "run"]
@@ -158,16 +159,25 @@ def run(settings: ServerSettings) -> int:
     if not specs:
         logger.error("no model to serve: pass --model NAME=BUNDLE_DIR (or allow --build-default)")
         return 2
-    if settings.workers > 1:
-        return WorkerSupervisor(settings, lambda sock: serve(settings, specs, [sock])).run()
-    return serve(settings, specs)
+    topology = resolve_topology(settings, specs)
+    logger.info("topology", extra=topology.describe())
+    # From here on the settings hold what was chosen: N workers, each with its share of threads.
+    settings = settings.model_copy(
+        update={"workers": topology.workers, "intra_op_threads": topology.intra_op_threads}
+    )
+    if topology.workers > 1:
+        return WorkerSupervisor(settings, lambda sock: serve(settings, specs, [sock], topology)).run()
+    return serve(settings, specs, topology=topology)
 
 
 def serve(
-    settings: ServerSettings, specs: list[ModelSpec], sockets: list[socket.socket] | None = None
+    settings: ServerSettings,
+    specs: list[ModelSpec],
+    sockets: list[socket.socket] | None = None,
+    topology: Topology | None = None,
 ) -> int:
     """One server process: on ``settings``' host and port, or on ``sockets`` (a worker's)."""
-    app = build_app(settings, specs)
+    app = build_app(settings, specs, topology=topology)
     server = uvicorn_server(app, settings)
     # SIGTERM and SIGINT: drain (not ready, still serving), stop accepting, finish admitted
     # requests, then run the lifespan's shutdown (which stops the batchers).

@@ -16,7 +16,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from distilserve.server.auth import check_api_key
-from distilserve.server.services import get_services
+from distilserve.server.services import services_of
 
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -31,7 +31,7 @@ class KeyedRoute(APIRoute):
         admitted = self.admitted
 
         async def guarded(request: Request) -> Response:
-            services = get_services(request)
+            services = services_of(request)
             check_api_key(request, services.settings.api_key)
             if not admitted:
                 return await handler(request)

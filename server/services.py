@@ -22,6 +22,7 @@ from distilserve.server.pipeline import InferencePipeline
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.service.serving import ServiceInfo
 from distilserve.server.settings import ServerSettings
+from distilserve.server.topology import Topology, single_process
 
 ServiceT = TypeVar("ServiceT")
 
@@ -53,6 +54,7 @@ class Services:
         registry: ModelRegistry,
         metrics: ServerMetrics,
         tasks: Sequence[ServerTask] = (),
+        topology: Topology | None = None,
     ) -> Services:
         pipeline = InferencePipeline(settings, registry, metrics)
         return cls(
@@ -61,7 +63,7 @@ class Services:
             metrics=metrics,
             admission=Admission(settings, metrics),
             pipeline=pipeline,
-            info=ServiceInfo(settings, registry),
+            info=ServiceInfo(settings, registry, topology or single_process(settings)),
             task_services={task.service: task.service(pipeline) for task in tasks},
         )
 
@@ -73,17 +75,24 @@ class Services:
         return service
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services = request.app.state.services
     if not isinstance(services, Services):
         raise TypeError("app.state.services is not set: build the app with distilserve.server.app.build_app")
     return services
 
 
+# Both dependencies are ``async def``: FastAPI runs a plain ``def`` dependency on AnyIO's thread
+# pool, two thread hops per request for an attribute lookup each (py-spy showed them on every
+# request: ``solve_dependencies -> run_in_threadpool``).
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def request_context(request: Request, services: ServicesDep) -> RequestContext:
+async def request_context(request: Request, services: ServicesDep) -> RequestContext:
     """The request's deadline (X-Request-Timeout), and the model and tokens the access log reports."""
     context = services.admission.context_for(request)
     request.state.context = context

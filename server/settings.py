@@ -228,13 +228,15 @@ class ServerSettings(BaseSettings):
 
     # Process.
     workers: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
         description=(
             "server processes sharing the port, each with its own event loop, batchers and models "
-            "(N times the memory); with --intra-op-threads 0 each gets cores / N ONNX Runtime threads; "
-            "/metrics reports the sum over all of them"
+            "(N times the memory); 0: one per core (the cgroup CPU quota and affinity counted), fewer "
+            "when the cgroup memory limit cannot hold them, or cores / --intra-op-threads when that is "
+            "set; with --intra-op-threads 0 each gets cores / N ONNX Runtime threads; /metrics reports "
+            "the sum over all of them; /info and the start-up log say what was chosen and why"
         ),
     )
     warmup: bool = Field(True, description="run one batch per model before reporting ready")

@@ -51,8 +51,17 @@ from distilserve.bench.baselines.infinity import (
 from distilserve.bench.baselines.torch_server import torch_server
 from distilserve.bench.client import ClientKind, HttpClient, make_client, require_loopback
 from distilserve.bench.gemm_peak import EncoderFlops, measure_gemm_peak
-from distilserve.bench.loadgen import Bounds, RunResult, closed_loop, open_loop, warm_up
+from distilserve.bench.loadgen import (
+    BenchRequest,
+    Bounds,
+    ChatTurn,
+    RunResult,
+    closed_loop,
+    open_loop,
+    warm_up,
+)
 from distilserve.bench.overload import OverloadPlan, describe, overload_runs
+from distilserve.bench.proc import process_tree_cpu_s
 from distilserve.bench.report import DISTILSERVE, IN_PROCESS, PYTORCH, BenchReport, SweepPoint, markdown
 from distilserve.bench.server_metrics import scrape_batching, scrape_server_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
@@ -67,6 +76,7 @@ from distilserve.bench.workloads import (
     rerank_workload,
     sweep_workloads,
 )
+from distilserve.bench.wrk import wrk_available, wrk_closed_loop
 from distilserve.models.bundle import Task, read_manifest
 from distilserve.models.errors import DistilserveError
 from distilserve.models.evaluation.data import DataError, default_data_dir
@@ -156,7 +166,11 @@ class Settings(BaseSettings):
         default_factory=lambda: list(ALL_INFINITY_GRAPHS),
         description="int8 graphs infinity serves: optimum's quantization, or distilserve's own graph",
     )
-    client: ClientKind = Field("raw", description="HTTP client of the load generator")
+    client: ClientKind = Field(
+        default_factory=lambda: "wrk" if wrk_available() else "raw",
+        description="load generator of the closed-loop levels: wrk (Debian's C client, the default where "
+        "it is installed: it leaves the cores to the server), or the Python raw or httpx client",
+    )
     compare_clients: bool = Field(
         True, description="also run the first workload at c=32 with the other client, to show its cost"
     )
@@ -394,6 +408,41 @@ def plan_sweep(settings: Settings, report: BenchReport) -> Sweep | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How a target's closed-loop levels are driven: from wrk when ``wrk_url`` is set (the Python
+    ``client`` still warms up), else from the Python client; ``server_pid`` is the target's
+    process, whose CPU time (and its workers') each run reports per answered request."""
+
+    wrk_url: str | None = None
+    server_pid: int | None = None
+
+    def server_cpu_s(self) -> float | None:
+        return None if self.server_pid is None else process_tree_cpu_s(self.server_pid)
+
+    async def closed_loop(
+        self,
+        client: HttpClient,
+        requests: Sequence[BenchRequest],
+        concurrency: int,
+        bounds: Bounds,
+        *,
+        target: str,
+        workload: str,
+    ) -> RunResult:
+        if self.wrk_url is None or any(isinstance(request, ChatTurn) for request in requests):
+            return await closed_loop(client, requests, concurrency, bounds, target=target, workload=workload)
+        # wrk blocks until its run ends; a thread keeps this loop free (it has nothing else to do).
+        return await asyncio.to_thread(
+            wrk_closed_loop, self.wrk_url, requests, concurrency, bounds, target=target, workload=workload
+        )
+
+    @classmethod
+    def of(cls, settings: Settings, url: str, server: ManagedServer | None) -> Load:
+        pid = server.process.pid if server is not None and server.process is not None else None
+        return cls(wrk_url=url if settings.client == "wrk" else None, server_pid=pid)
+
+
 async def _levels(
     client: HttpClient,
     settings: Settings,
@@ -403,14 +452,17 @@ async def _levels(
     model: str | None = None,
     concurrency: Sequence[int] | None = None,
     metrics_url: str | None = None,
+    load: Load | None = None,
 ) -> list[RunResult]:
     requests = workload.requests(model, api, settings.items_per_request)
+    load = load or Load()
     results = []
     for level in settings.concurrency if concurrency is None else concurrency:
         # Warm up first, so that the scrapes around the run see the measured requests only.
         await warm_up(client, requests, settings.warmup_requests, level)
         before = await scrape_server_totals(metrics_url)
-        result = await closed_loop(
+        cpu_before = load.server_cpu_s()
+        result = await load.closed_loop(
             client,
             requests,
             level,
@@ -418,9 +470,13 @@ async def _levels(
             target=target,
             workload=workload.name,
         )
+        cpu_after = load.server_cpu_s()
         after = await scrape_server_totals(metrics_url)
         if before is not None and after is not None:
             result.extra.update(server_side(before, after, result.duration_s))
+        if cpu_before is not None and cpu_after is not None:
+            result.extra["server_cpu_s"] = cpu_after - cpu_before
+            result.extra["server_cpu_ms_per_request"] = 1000.0 * (cpu_after - cpu_before) / max(result.ok, 1)
         logger.info(
             "%s %s c=%d: %.1f items/s, p50 %.2f ms, errors %s",
             target,
@@ -448,14 +504,21 @@ async def _levels(
 
 
 async def _sweep(
-    client: HttpClient, settings: Settings, workloads: Sequence[Workload], target: str
+    client: HttpClient,
+    settings: Settings,
+    workloads: Sequence[Workload],
+    target: str,
+    load: Load | None = None,
 ) -> tuple[list[RunResult], list[SweepPoint]]:
+    load = load or Load()
     bounds = Bounds(settings.sweep_requests, settings.duration_s, min(settings.warmup_requests, 16))
     runs: list[RunResult] = []
     points: list[SweepPoint] = []
     for workload in workloads:
-        result = await closed_loop(
-            client, workload.requests(None), 1, bounds, target=target, workload=workload.name
+        requests = workload.requests(None)
+        await warm_up(client, requests, bounds.warmup_requests, 1)
+        result = await load.closed_loop(
+            client, requests, 1, replace(bounds, warmup_requests=0), target=target, workload=workload.name
         )
         runs.append(result)
         points.append(SweepPoint(workload.tokens[0], target, result.latency_ms))
@@ -560,23 +623,31 @@ def _measure_distilserve(
             finally:
                 await client.aclose()
             return
+        load = Load.of(settings, target_url, server)
         try:
             for item in planned:
-                report.runs += await _levels(client, settings, item.workload, label, metrics_url=target_url)
+                report.runs += await _levels(
+                    client, settings, item.workload, label, metrics_url=target_url, load=load
+                )
             if sweep is not None:
-                runs, points = await _sweep(client, settings, sweep.workloads, f"{label} (HTTP)")
+                runs, points = await _sweep(client, settings, sweep.workloads, f"{label} (HTTP)", load)
                 report.runs += runs
                 report.sweep += points
             if chat is not None:
-                report.runs += await _levels(client, settings, chat, label, metrics_url=target_url)
+                report.runs += await _levels(client, settings, chat, label, metrics_url=target_url, load=load)
         finally:
             await client.aclose()
         if settings.compare_clients and planned and first:
-            other: ClientKind = "httpx" if settings.client == "raw" else "raw"
+            other: ClientKind = "raw" if settings.client != "raw" else "httpx"
             client = make_client(other, target_url)
             try:
                 report.runs += await _levels(
-                    client, settings, planned[0].workload, f"{label} ({other} client)", concurrency=[32]
+                    client,
+                    settings,
+                    planned[0].workload,
+                    f"{label} ({other} client)",
+                    concurrency=[32],
+                    load=replace(load, wrk_url=None),
                 )
             finally:
                 await client.aclose()
@@ -633,13 +704,16 @@ def phase_pytorch(
             continue
         server = torch_server(checkpoint, KIND_TASKS[kind], settings.work_dir / "logs")
 
-        async def measure(url: str, current: Planned = item, current_kind: Kind = kind) -> None:
+        async def measure(
+            url: str, current: Planned = item, current_kind: Kind = kind, managed: ManagedServer = server
+        ) -> None:
             client = make_client(settings.client, url)
+            load = Load.of(settings, url, managed)
             try:
                 if any(entry.kind == current_kind for entry in planned):
-                    report.runs += await _levels(client, settings, current.workload, PYTORCH)
+                    report.runs += await _levels(client, settings, current.workload, PYTORCH, load=load)
                 if sweep is not None and sweep.kind == current_kind:
-                    runs, points = await _sweep(client, settings, sweep.workloads, f"{PYTORCH} (HTTP)")
+                    runs, points = await _sweep(client, settings, sweep.workloads, f"{PYTORCH} (HTTP)", load)
                     report.runs += runs
                     report.sweep += points
             finally:
@@ -676,10 +750,18 @@ def phase_infinity(settings: Settings, report: BenchReport, planned: Sequence[Pl
                 hf_home=settings.work_dir / "hf-home",
             )
 
-            async def measure(url: str, name: str = target) -> None:
+            async def measure(url: str, name: str = target, managed: ManagedServer = server) -> None:
                 client = make_client(settings.client, url)
                 try:
-                    report.runs += await _levels(client, settings, embed.workload, name, "infinity", "minilm")
+                    report.runs += await _levels(
+                        client,
+                        settings,
+                        embed.workload,
+                        name,
+                        "infinity",
+                        "minilm",
+                        load=Load.of(settings, url, managed),
+                    )
                 finally:
                     await client.aclose()
 

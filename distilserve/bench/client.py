@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-ClientKind = Literal["raw", "httpx"]
+# "wrk" runs the closed-loop levels from Debian's wrk (distilserve.bench.wrk); its other phases
+# (warm-up, open loop, overload, chat turns) use the raw client.
+ClientKind = Literal["wrk", "raw", "httpx"]
 
 
 class NotLoopbackError(ValueError):
@@ -218,7 +220,7 @@ class HttpxClient:
 
 
 def make_client(kind: ClientKind, url: str) -> HttpClient:
-    return RawHttpClient(url) if kind == "raw" else HttpxClient(url)
+    return HttpxClient(url) if kind == "httpx" else RawHttpClient(url)
 
 
 def loopback_urls(urls: Sequence[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelCard(BaseModel):
@@ -59,3 +59,6 @@ class Info(BaseModel):
     batching: dict[str, float | int | bool]
     limits: dict[str, float | int]
     versions: dict[str, str]
+    # Processes and threads, and why (distilserve.server.topology): workers, intra_op_threads,
+    # reason, cores, memory_limit_bytes, worker_bytes_estimate.
+    topology: dict[str, int | str | None] = Field(default_factory=dict)

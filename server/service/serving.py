@@ -8,6 +8,7 @@ from distilserve.server.batching import DynamicBatcher
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.service.protocol import Info, ModelBatching, ModelCard, ModelInfo, ModelList
 from distilserve.server.settings import ServerSettings
+from distilserve.server.topology import Topology
 
 _REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
 
@@ -34,9 +35,12 @@ def model_batching(batcher: DynamicBatcher) -> ModelBatching:
 class ServiceInfo:
     """What /v1/models and /info report; validated on construction (not a hot path)."""
 
-    def __init__(self, settings: ServerSettings, registry: ModelRegistry) -> None:
+    def __init__(
+        self, settings: ServerSettings, registry: ModelRegistry, topology: Topology | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.topology = topology
 
     def models(self) -> ModelList:
         return ModelList(
@@ -91,4 +95,5 @@ class ServiceInfo:
                 "max_chars_per_item": settings.max_chars_per_item,
             },
             versions={package: package_version(package) for package in _REPORTED_PACKAGES},
+            topology={} if self.topology is None else self.topology.describe(),
         )

@@ -369,7 +369,19 @@ def test_a_whole_bench_run_writes_the_report(
             assert (target, workload, "closed", 4, None) in levels
             assert (target, workload, "open", None, 50.0) in levels
     # The other client is measured once, on the first workload at c=32.
-    assert ("distilserve (httpx client)", "sst2-classify", "closed", 32, None) in levels
+    # The comparison run uses the other Python client: raw beside wrk (the default where it is
+    # installed) and httpx beside raw.
+    other = "raw" if settings.client == "wrk" else "httpx"
+    assert (f"distilserve ({other} client)", "sst2-classify", "closed", 32, None) in levels
+    if settings.client == "wrk":
+        measured = [run for run in report["runs"] if run["target"] == "distilserve"]
+        assert measured and all(
+            run["extra"].get("client_wrk") == 1.0 for run in measured if run["mode"] == "closed"
+        )
+        # The server's CPU per answered request, from its process tree.
+        assert all(
+            run["extra"]["server_cpu_ms_per_request"] > 0 for run in measured if run["mode"] == "closed"
+        )
     for run_result in report["runs"]:
         assert run_result["errors"] == {}, run_result
         expected = 4 if run_result["workload"].startswith("sweep-") else 12
