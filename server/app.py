@@ -68,6 +68,7 @@ def build_app(
         metrics=metrics,
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
+        engine=settings.engine,
     )
     services = Services.build(settings, registry, metrics)
 

@@ -9,7 +9,7 @@ from distilserve.server.registry import ModelRegistry
 from distilserve.server.service.protocol import Info, ModelBatching, ModelCard, ModelInfo, ModelList
 from distilserve.server.settings import ServerSettings
 
-_REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
+_REPORTED_PACKAGES = ("distilserve", "onnxruntime", "openvino", "tokenizers", "numpy", "fastapi", "uvicorn")
 
 
 def package_version(package: str) -> str:
@@ -68,6 +68,7 @@ class ServiceInfo:
                     parity=[check.model_dump(mode="json") for check in manifest.parity],
                     source=manifest.source.model_dump(mode="json"),
                     batching=model_batching(served.batcher),
+                    engine=served.runtime.selection.as_info(),
                 )
             )
         return Info(
