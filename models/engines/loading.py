@@ -87,7 +87,8 @@ def agreement_with(manifest: Manifest, probe: Sequence[SampleBatch]) -> Agreemen
             problem_type=manifest.problem_type,
             pooling=manifest.pooling or "mean",
         )
-        return make_parity_check("onnxruntime", "openvino", len(probe), metrics, thresholds)
+        rows = sum(batch.attention_mask.shape[0] for batch in probe)
+        return make_parity_check("onnxruntime", "openvino", rows, metrics, thresholds)
 
     return check
 

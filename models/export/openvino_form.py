@@ -175,7 +175,9 @@ def build_openvino_form(
     if mode == "int8":
         import nncf
 
-        dataset = nncf.Dataset([batch.feed for batch in calibration])
+        # Only the graph's own inputs: a graph may not take token_type_ids (DistilBERT).
+        inputs = [port.get_any_name() for port in model.inputs]
+        dataset = nncf.Dataset([{name: batch.feed[name] for name in inputs} for batch in calibration])
         quantized = nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)
         )
