@@ -117,11 +117,20 @@ def open_engine(
             raise BundleError(bundle_dir, f"--engine openvino cannot run this bundle: {opened}")
         return opened, EngineSelection(opened.name, opened.precision, choice, "asked for (--engine openvino)")
     reference = open_onnxruntime(bundle_dir, manifest, options)
-    candidate = open_openvino(bundle_dir, manifest, options)
+    missing = openvino_missing()
+    if missing is not None and not _missing_logged:
+        _missing_logged = True
+        logger.info("engine auto: onnxruntime only, %s", missing)
+    # auto considers only a form the export checked: an fp32 bundle's model.onnx runs on
+    # OpenVINO when asked (--engine openvino), never by surprise in another precision.
+    form = manifest.openvino
+    why_not = missing
+    if why_not is None and form is None:
+        why_not = "the bundle has no OpenVINO form (export it with --openvino int8)"
+    if why_not is None and form is not None and form.batch_invariant is False:
+        why_not = "the bundle's OpenVINO form is not batch invariant (its export check)"
+    candidate = open_openvino(bundle_dir, manifest, options) if why_not is None else why_not
     if isinstance(candidate, str):
-        if candidate == openvino_missing() and not _missing_logged:
-            _missing_logged = True
-            logger.info("engine auto: onnxruntime only, %s", candidate)
         return reference, EngineSelection(
             reference.name, reference.precision, choice, f"the only engine for this bundle: {candidate}"
         )

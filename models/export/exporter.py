@@ -268,7 +268,7 @@ def export_bundle(options: ExportOptions) -> Manifest:
                     )
                 )
 
-        openvino_mode = resolve_mode(options.openvino)
+        openvino_mode = resolve_mode(options.openvino, options.quantize)
         openvino_form: OpenVinoForm | None = None
         openvino_files: list[Path] = []
         if openvino_mode == "none":

@@ -7,10 +7,14 @@
 * ``fp32``: the fp32 graph itself, weights stored as fp16; OpenVINO runs it in bf16 where the
   CPU has bf16 arithmetic (``avx512_bf16``, ``amx_bf16``), in fp32 elsewhere.
 
-Three checks, recorded in the manifest's ``parity`` and failing the export when missed:
+Three checks, recorded in the manifest's ``parity``; the first two fail the export when missed:
 OpenVINO's reading of the fp32 graph against PyTorch (fp32 tolerance), the form as it will run
 against the fp32 ONNX graph (the task's int8 thresholds), and batch invariance (each sample
-alone against the same sample in the sample batches, at most ``INVARIANCE_TOLERANCE``).
+alone against the same sample in the sample batches, at most ``INVARIANCE_TOLERANCE``). The
+last is recorded rather than fatal: static scales do not depend on the batch, but a value near a
+rounding boundary may round the other way when another kernel's blocking changes its last bits
+(the DistilBERT-size benchmark model moved its logits by 0.0027), and ``--engine auto`` does not
+choose a form that is not batch invariant.
 openvino and nncf are imported here, lazily, and only when a form is built.
 """
 
@@ -72,10 +76,13 @@ def openvino_export_missing() -> str | None:
     return None
 
 
-def resolve_mode(mode: OpenVinoMode) -> Literal["int8", "fp32", "none"]:
-    """``auto``: int8 where openvino and nncf are installed, none (said once in the log) elsewhere."""
+def resolve_mode(mode: OpenVinoMode, quantize: str = "int8") -> Literal["int8", "fp32", "none"]:
+    """``auto``: int8 for an int8 export where openvino and nncf are installed; none for an fp32
+    export (OpenVINO runs its model.onnx as it is) and where they are not (said in the log)."""
     if mode != "auto":
         return mode
+    if quantize == "none":
+        return "none"
     missing = openvino_export_missing()
     if missing is not None:
         logger.info("no OpenVINO form: %s", missing)
@@ -200,9 +207,15 @@ def build_openvino_form(
         )
     checks.append(agreement)
     invariance = invariance_check(engine, batches, output_names, candidate)
-    logger.info("%s", describe(invariance))
-    if not invariance.passed:
-        raise ExportError(f"the OpenVINO {mode} form is not batch invariant: {describe(invariance)}")
+    if invariance.passed:
+        logger.info("%s", describe(invariance))
+    else:
+        # Recorded, not fatal: --engine auto then keeps ONNX Runtime's per-row int8, which is.
+        logger.warning(
+            "the OpenVINO %s form is not batch invariant (--engine auto will not choose it): %s",
+            mode,
+            describe(invariance),
+        )
     checks.append(invariance)
     weights_path = model_path.with_suffix(".bin")
     form = OpenVinoForm(
@@ -211,7 +224,7 @@ def build_openvino_form(
         precision=mode,
         calibration_samples=calibration_rows if mode == "int8" else None,
         calibration_source=calibration_source if mode == "int8" else None,
-        batch_invariant=True,
+        batch_invariant=invariance.passed,
         model_bytes=model_path.stat().st_size + weights_path.stat().st_size,
         versions=_versions(),
     )

@@ -147,3 +147,6 @@ def test_export_auto_writes_no_openvino_form_without_the_extra(monkeypatch: pyte
     monkeypatch.setattr(openvino_form, "openvino_export_missing", lambda: "openvino not installed")
     assert openvino_form.resolve_mode("auto") == "none"
     assert openvino_form.resolve_mode("int8") == "int8"
+    monkeypatch.setattr(openvino_form, "openvino_export_missing", lambda: None)
+    assert openvino_form.resolve_mode("auto") == "int8"
+    assert openvino_form.resolve_mode("auto", quantize="none") == "none"
