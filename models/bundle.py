@@ -33,6 +33,9 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "distilserve.json"
 MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
+# The OpenVINO form (optional, ``export --openvino``): an IR beside model.onnx.
+OPENVINO_MODEL_NAME = "openvino_model.xml"
+OPENVINO_WEIGHTS_NAME = "openvino_model.bin"
 
 # The tasks a manifest may name: the bundle format's vocabulary. Each has its declaration
 # (processor, export head, samples, agreement metrics) in ``models/tasks/<task>.py``, registered
@@ -74,6 +77,22 @@ class QuantizationInfo(_Strict):
     fp32_bytes: int | None = None
 
 
+class OpenVinoForm(_Strict):
+    """The bundle's OpenVINO IR (``models.engines.openvino``) and how it was made. Its checks
+    (agreement with fp32, batch invariance) are in the manifest's ``parity`` list."""
+
+    model: str = OPENVINO_MODEL_NAME
+    weights: str = OPENVINO_WEIGHTS_NAME
+    # int8: NNCF static post-training quantization; fp32: the graph as is (run in bf16 where
+    # the CPU has it), its weights stored as fp16.
+    precision: Literal["int8", "fp32"]
+    calibration_samples: int | None = None
+    calibration_source: str | None = None
+    batch_invariant: bool | None = None
+    model_bytes: int | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
 class ParityCheck(_Strict):
     """One comparison between two implementations of the model on sample inputs."""
 
@@ -107,6 +126,7 @@ class Manifest(_Strict):
     pooling: Pooling | None = None
     normalize: bool = False
     quantization: QuantizationInfo
+    openvino: OpenVinoForm | None = None
     parity: list[ParityCheck] = Field(default_factory=list)
     source: SourceInfo
     versions: dict[str, str] = Field(default_factory=dict)

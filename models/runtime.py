@@ -1,4 +1,4 @@
-"""A loaded bundle, ready to score: tokenizer, ONNX session and task processor.
+"""A loaded bundle, ready to score: tokenizer, engine (ONNX Runtime or OpenVINO) and task processor.
 
 This is the library API for offline batch scoring (no HTTP, no torch, no transformers)::
 
@@ -25,9 +25,12 @@ from distilserve.models.batching import (
     plan_batches,
 )
 from distilserve.models.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
+from distilserve.models.engines.base import Engine, EngineChoice
+from distilserve.models.engines.loading import open_engine
+from distilserve.models.engines.select import EngineSelection
 from distilserve.models.errors import BundleError, InputError
 from distilserve.models.export.isa import Isa, detect_isa, log_isa_fit
-from distilserve.models.session import OnnxSession, SessionOptions
+from distilserve.models.session import SessionOptions
 from distilserve.models.tasks import Prepared, TaskProcessor, processor_for
 from distilserve.models.tokenization import ThreadSafeTokenizer
 
@@ -41,12 +44,18 @@ class ModelRuntime:
         self,
         bundle_dir: Path,
         manifest: Manifest,
-        session: OnnxSession,
+        session: Engine,
         tokenizer: ThreadSafeTokenizer,
+        selection: EngineSelection | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
+        # The engine that runs the graph (``models.engines``); named ``session`` since ONNX
+        # Runtime's session was the only one.
         self.session = session
+        self.selection = selection or EngineSelection(
+            session.name, session.precision, session.name, "given to ModelRuntime"
+        )
         self.tokenizer = tokenizer
         self.processor: TaskProcessor[Any, Any, Any] = processor_for(manifest, tokenizer)
         missing = [name for name in session.input_names if name not in manifest.input_names]
@@ -114,8 +123,13 @@ def load_model(
     *,
     verify_hashes: bool = True,
     detect_cpu_isa: Callable[[], Isa] = detect_isa,
+    engine: EngineChoice = "auto",
 ) -> ModelRuntime:
     """Load and verify a bundle. Raises ``BundleError`` naming the file and the problem.
+
+    ``engine`` picks what runs the graph: ``auto`` times ONNX Runtime and, where the bundle has
+    an OpenVINO form and OpenVINO is installed, OpenVINO, and keeps the faster one that agrees
+    (``models.engines.select``); ``runtime.selection`` says which and why.
 
     An int8 bundle quantized for another kind of CPU still loads, with a warning that names the
     fix (``log_isa_fit``); ``detect_cpu_isa`` reads this machine's (tests pass a fake one).
@@ -135,12 +149,19 @@ def load_model(
         tokenizer = ThreadSafeTokenizer.from_file(bundle_dir / TOKENIZER_NAME)
     except Exception as exc:  # tokenizers raises plain Exception subclasses for bad JSON
         raise BundleError(bundle_dir / TOKENIZER_NAME, f"cannot load tokenizer ({exc})") from exc
-    try:
-        session = OnnxSession(bundle_dir / MODEL_NAME, session_options or SessionOptions())
-    except Exception as exc:  # onnxruntime raises its own untyped exceptions
-        raise BundleError(bundle_dir / MODEL_NAME, f"cannot load ONNX model ({exc})") from exc
-    logger.info(
-        "model loaded",
-        extra={"bundle": str(bundle_dir), "task": manifest.task, "quantization": manifest.quantization.mode},
+    session, selection = open_engine(
+        bundle_dir, manifest, tokenizer, session_options or SessionOptions(), engine
     )
-    return ModelRuntime(bundle_dir, manifest, session, tokenizer)
+    logger.info(
+        "model loaded on %s %s (%s)",
+        selection.engine,
+        selection.precision,
+        selection.reason,
+        extra={
+            "bundle": str(bundle_dir),
+            "task": manifest.task,
+            "quantization": manifest.quantization.mode,
+            "engine": selection.engine,
+        },
+    )
+    return ModelRuntime(bundle_dir, manifest, session, tokenizer, selection)

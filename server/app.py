@@ -70,6 +70,7 @@ def build_app(
         metrics=metrics,
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
+        engine=settings.engine,
     )
     services = Services.build(settings, registry, metrics, tasks, topology)
 

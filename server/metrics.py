@@ -188,8 +188,8 @@ class ServerMetrics:
         )
         self.model_info = Gauge(
             "distilserve_model_info",
-            "Served models (value 1), with their task and quantization.",
-            ["model", "task", "quantization"],
+            "Served models (value 1), with their task, quantization and engine.",
+            ["model", "task", "quantization", "engine"],
             multiprocess_mode="livemax",
             registry=r,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from distilserve.models import ModelRuntime, SessionOptions, load_model
 from distilserve.models.batch_cost import BatchCost, BatchTiming, calibrate_batch_cost
 from distilserve.models.bundle import Task
+from distilserve.models.engines import EngineChoice
 from distilserve.server import clock
 from distilserve.server.batching import BatchPolicy, DynamicBatcher
 from distilserve.server.errors import ApiError
@@ -52,6 +54,7 @@ class ModelRegistry:
         metrics: ServerMetrics,
         warmup: bool = True,
         calibrate: bool = False,
+        engine: EngineChoice = "auto",
     ) -> None:
         self.specs = list(specs)
         self.policy = policy
@@ -59,6 +62,7 @@ class ModelRegistry:
         self.metrics = metrics
         self.warmup = warmup
         self.calibrate = calibrate
+        self.engine = engine
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         # Set on SIGTERM: /health/ready answers 503 while requests are still served (the drain).
@@ -69,13 +73,17 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         for spec in self.specs:
             started = time.perf_counter()
-            runtime = await loop.run_in_executor(None, load_model, spec.bundle_dir, self.session_options)
+            load = functools.partial(load_model, spec.bundle_dir, self.session_options, engine=self.engine)
+            runtime = await loop.run_in_executor(None, load)
             batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.metrics)
             batcher.start()
             served = ServedModel(spec.name, runtime, batcher)
             self.models[spec.name] = served
             manifest = runtime.manifest
-            self.metrics.model_info.labels(spec.name, manifest.task, manifest.quantization.mode).set(1)
+            selection = runtime.selection
+            self.metrics.model_info.labels(
+                spec.name, manifest.task, manifest.quantization.mode, selection.engine
+            ).set(1)
             if self.warmup:
                 await self._warm_up(served)
             if self.calibrate:
@@ -87,6 +95,9 @@ class ModelRegistry:
                     "task": manifest.task,
                     "bundle": str(spec.bundle_dir),
                     "quantization": manifest.quantization.mode,
+                    "engine": selection.engine,
+                    "engine_precision": selection.precision,
+                    "engine_reason": selection.reason,
                     "load_s": round(time.perf_counter() - started, 3),
                 },
             )

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from distilserve.models.batching import SERVER_BATCH_LIMITS
+from distilserve.models.engines import EngineChoice
 
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
 from distilserve.models.export.default_model import default_cache_dir
@@ -224,6 +225,15 @@ class ServerSettings(BaseSettings):
     )
     allow_spinning: bool = Field(
         True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"
+    )
+
+    engine: EngineChoice = Field(
+        "auto",
+        description=(
+            "what runs each model: auto (at start-up, time ONNX Runtime and, for a bundle with an OpenVINO "
+            "form and the [openvino] extra installed, OpenVINO; keep the faster that agrees; /info says "
+            "why), onnxruntime, or openvino; --intra-op-threads applies to both"
+        ),
     )
 
     # Process.

@@ -15,6 +15,9 @@ of 16 and reports how far its outputs move (``distilserve.models.evaluation.inva
 the largest logit change, or the lowest cosine for embeddings. ``--speed-rounds N`` times one
 pass over the data per bundle in N interleaved rounds and reports each bundle's speed relative
 to the first one: on a shared machine only ratios from one such run mean anything.
+``--engines onnxruntime,openvino`` scores (and times) every bundle on each engine, side by side;
+``--speed-orders sorted,arrival,single`` times length-sorted batches (the offline planner),
+batches of consecutive items in data order (as requests arrive), and one item at a time.
 
 torch is imported only with ``--source``; a bundle alone is scored with the runtime install.
 """
@@ -37,6 +40,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distilserve.models.bundle import Manifest, read_manifest
+from distilserve.models.engines import EngineChoice
 from distilserve.models.errors import DistilserveError
 from distilserve.models.evaluation.data import (
     SQUAD_DEV,
@@ -62,6 +66,7 @@ DATA_FILES: dict[Dataset, str] = {"sst2": SST2_DEV, "squad": SQUAD_DEV, "stsb": 
 DATASET_TASKS = {"sst2": "text-classification", "squad": "question-answering", "stsb": "feature-extraction"}
 # The metric the deltas are reported on (the others are printed as well).
 PRIMARY_METRIC: dict[Dataset, str] = {"sst2": "accuracy", "squad": "f1", "stsb": "spearman"}
+SpeedOrder = Literal["sorted", "arrival", "single"]
 
 
 class Settings(BaseSettings):
@@ -100,6 +105,21 @@ class Settings(BaseSettings):
         description="time one pass over the data per bundle in N interleaved rounds and report each "
         "bundle's speed relative to the first (median pass); 0: no timing beyond the scoring pass",
     )
+    engines: list[EngineChoice] = Field(
+        default_factory=lambda: list[EngineChoice](["onnxruntime"]),
+        description=(
+            "engines each bundle is scored on, side by side (onnxruntime, openvino, auto: the one the "
+            "server would choose); openvino needs the bundle's OpenVINO form or an fp32 bundle"
+        ),
+    )
+    speed_orders: list[SpeedOrder] = Field(
+        default_factory=lambda: list[SpeedOrder](["sorted"]),
+        description=(
+            "--speed-rounds batches: sorted (length-grouped, the offline planner), arrival (consecutive "
+            "items in data order, --batch-size at a time), single (one item at a time); the first "
+            "order gives the speed ratios"
+        ),
+    )
     output: Path | None = Field(None, description="also write the results to this JSON file")
     log_level: Literal["debug", "info", "warning", "error"] = Field("warning", description="log level")
     log_format: Literal["json", "text"] = Field("text", description="log format")
@@ -118,6 +138,8 @@ class ModelScore:
     # --speed-rounds: the median pass and the first bundle's median pass divided by it.
     median_pass_s: float | None = None
     speed_vs_first: float | None = None
+    # --speed-rounds: items per second of the median pass, per --speed-orders order.
+    items_per_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,16 +202,49 @@ def dataset_items(dataset: Dataset, data_file: Path, limit: int | None) -> list[
     return [QAInput(question=example.question, context=example.context) for example in examples]
 
 
-def _time_rounds(scorers: list[BundleScorer], items: list[Any], rounds: int) -> list[float]:
+def _one_pass(scorer: BundleScorer, items: list[Any], order: SpeedOrder) -> None:
+    predict = scorer.runtime.predict
+    if order == "sorted":
+        predict(items, max_batch_size=scorer.batch_size)
+    elif order == "arrival":
+        # One predict per consecutive chunk: each batch holds the items that arrived together.
+        for start in range(0, len(items), scorer.batch_size):
+            predict(items[start : start + scorer.batch_size], max_batch_size=scorer.batch_size)
+    else:
+        for item in items:
+            predict([item])
+
+
+def _time_rounds(
+    scorers: list[BundleScorer], items: list[Any], rounds: int, order: SpeedOrder = "sorted"
+) -> list[float]:
     """Median seconds of one pass over ``items`` per scorer, the scorers interleaved in each round
     so that a change of machine load hits all of them alike."""
     passes: list[list[float]] = [[] for _ in scorers]
     for _ in range(rounds):
         for index, scorer in enumerate(scorers):
             started = time.perf_counter()
-            scorer.runtime.predict(items, max_batch_size=scorer.batch_size)
+            _one_pass(scorer, items, order)
             passes[index].append(time.perf_counter() - started)
     return [statistics.median(times) for times in passes]
+
+
+def _bundle_candidates(settings: Settings, bundle: Path, name: str) -> list[tuple[str, Callable[[], Scorer]]]:
+    """One scorer per ``--engines`` entry (named after the engine when there are several)."""
+    engines = list(dict.fromkeys(settings.engines))
+    return [
+        (
+            str(bundle),
+            functools.partial(
+                BundleScorer,
+                bundle,
+                name if len(engines) == 1 else f"{name} [{engine}]",
+                batch_size=settings.batch_size,
+                engine=engine,
+            ),
+        )
+        for engine in engines
+    ]
 
 
 def _manifest_for(bundle: Path, dataset: Dataset) -> Manifest:
@@ -212,14 +267,10 @@ def evaluate(settings: Settings) -> EvalReport:
         examples=examples,
         primary_metric=PRIMARY_METRIC[settings.dataset],
     )
-    candidates: list[tuple[str, Callable[[], Scorer]]] = [
-        (
-            str(settings.bundle),
-            lambda: BundleScorer(settings.bundle, "bundle", batch_size=settings.batch_size),
-        )
-    ]
+    candidates = _bundle_candidates(settings, settings.bundle, "bundle")
     fp32_bundle = settings.fp32_bundle
     if fp32_bundle is not None:
+        # The fp32 reference stays on ONNX Runtime: the deltas are against the exported graph.
         candidates.append(
             (
                 str(fp32_bundle),
@@ -232,9 +283,7 @@ def evaluate(settings: Settings) -> EvalReport:
             raise DataError(Path(spec), "--compare takes NAME=DIR")
         compared = Path(folder)
         _manifest_for(compared, settings.dataset)
-        candidates.append(
-            (str(compared), functools.partial(BundleScorer, compared, name, batch_size=settings.batch_size))
-        )
+        candidates.extend(_bundle_candidates(settings, compared, name))
     source = settings.source
     if source is not None:
         candidates.append(
@@ -274,11 +323,13 @@ def evaluate(settings: Settings) -> EvalReport:
             if settings.speed_rounds:
                 timed.append((entry, model))
         del model
-    if timed:
-        medians = _time_rounds([scorer for _, scorer in timed], items, settings.speed_rounds)
+    for position, order in enumerate(dict.fromkeys(settings.speed_orders) if timed else ()):
+        medians = _time_rounds([scorer for _, scorer in timed], items, settings.speed_rounds, order)
         for (entry, _), median in zip(timed, medians, strict=True):
-            entry.median_pass_s = median
-            entry.speed_vs_first = medians[0] / median if median > 0 else float("nan")
+            entry.items_per_s[order] = len(items) / median if median > 0 else float("nan")
+            if position == 0:
+                entry.median_pass_s = median
+                entry.speed_vs_first = medians[0] / median if median > 0 else float("nan")
     by_name = {entry.name: entry for entry in report.models}
     reference = by_name.get("fp32 bundle")
     if reference is not None:
@@ -346,11 +397,19 @@ def _speed_lines(report: EvalReport) -> list[str]:
         f"speed: median pass over the data, rounds interleaved; ratio to {timed[0].name} "
         "(only ratios within one run compare)",
         "",
-        "| model | median pass s | speed vs first |",
-        "|---|---|---|",
+    ]
+    orders = list(timed[0].items_per_s)
+    lines += [
+        "| model | median pass s | speed vs first | "
+        + " | ".join(f"{order} items/s" for order in orders)
+        + " |",
+        "|---|---|---|" + "---|" * len(orders),
     ]
     lines += [
-        f"| {entry.name} | {entry.median_pass_s:.3f} | {entry.speed_vs_first:.2f}x |" for entry in timed
+        f"| {entry.name} | {entry.median_pass_s:.3f} | {entry.speed_vs_first:.2f}x | "
+        + " | ".join(f"{entry.items_per_s[order]:.0f}" for order in orders)
+        + " |"
+        for entry in timed
     ]
     return lines
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from distilserve.models.batching import OFFLINE_BATCH_LIMITS, plan_batches
 from distilserve.models.bundle import Pooling
+from distilserve.models.engines import EngineChoice
 from distilserve.models.evaluation.data import SquadExample
 from distilserve.models.runtime import load_model
 from distilserve.models.session import SessionOptions
@@ -63,11 +64,12 @@ class BundleScorer:
         *,
         batch_size: int = OFFLINE_BATCH_LIMITS.max_batch_size,
         max_batch_tokens: int = OFFLINE_BATCH_LIMITS.max_batch_tokens,
+        engine: EngineChoice = "onnxruntime",
     ) -> None:
         self.name = name
-        self.runtime = load_model(bundle, SessionOptions())
-        mode = self.runtime.manifest.quantization.mode
-        self.kind = f"ONNX {'fp32' if mode == 'none' else mode} bundle"
+        self.runtime = load_model(bundle, SessionOptions(), engine=engine)
+        selection = self.runtime.selection
+        self.kind = f"{selection.engine} {selection.precision}"
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
 

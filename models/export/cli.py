@@ -20,6 +20,7 @@ from distilserve.models.errors import DistilserveError
 from distilserve.models.export.default_model import default_cache_dir, ensure_default_bundle
 from distilserve.models.export.exporter import ExportOptions, export_bundle
 from distilserve.models.export.isa import ActivationScales, IsaChoice
+from distilserve.models.export.openvino_form import OpenVinoMode
 from distilserve.models.export.parity import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,19 @@ class Settings(BaseSettings):
             "query<TAB>document for rerank)"
         ),
     )
+    openvino: OpenVinoMode = Field(
+        "auto",
+        description=(
+            "also write an OpenVINO IR for --engine openvino/auto: int8 (NNCF static quantization), fp32 "
+            "(run in bf16 where the CPU has it), none; auto: int8 where openvino and nncf are installed "
+            "(the [openvino] extra)"
+        ),
+    )
+    calibration: Path | None = Field(
+        None,
+        description="calibration inputs of the OpenVINO int8 form, one per line (the --samples format); "
+        "default: the export's samples",
+    )
     overwrite: bool = Field(False, description="replace an existing bundle at --output")
     fp32_tolerance: float = Field(
         _DEFAULTS.fp32_max_abs_diff, gt=0, description="largest allowed |ONNX fp32 - PyTorch| on any output"
@@ -147,6 +161,8 @@ class Settings(BaseSettings):
             samples=self.samples,
             overwrite=self.overwrite,
             keep_fp32=tuple(self.keep_fp32),
+            openvino=self.openvino,
+            calibration=self.calibration,
             thresholds=Thresholds(
                 fp32_max_abs_diff=self.fp32_tolerance,
                 min_argmax_agreement=self.min_argmax_agreement,

@@ -123,6 +123,8 @@ def ensure_default_bundle(cache_dir: Path | str | None = None, *, overwrite: boo
                 revision=f"{WEIGHTS_DISTRIBUTION}=={version}",
                 # A folder left by an interrupted or older build is replaced, not an error.
                 overwrite=True,
+                # With the [openvino] extra, an NNCF int8 IR too, for --engine auto to measure.
+                openvino="auto",
             )
         )
     return bundle_dir

@@ -9,7 +9,10 @@ Five steps, each logged when it starts and when it ends, with its duration:
    with the scheme of the target ISA;
 4. int8 agreement: the int8 graph against the fp32 graph, in the task's terms (class, span,
    embedding direction); a failed threshold fails the export;
-5. write the bundle atomically: ``model.onnx``, ``tokenizer.json``, ``distilserve.json``.
+5. the OpenVINO form (``--openvino``, ``models.export.openvino_form``): an NNCF int8 (or fp32)
+   IR, checked against PyTorch, fp32 and for batch invariance;
+6. write the bundle atomically: ``model.onnx``, ``tokenizer.json``, ``distilserve.json`` (and
+   the IR's ``openvino_model.xml``/``.bin``).
 
 All intermediate files live in a scratch folder beside the output that is removed whatever
 happens, so the fp32 graph never ends up in an int8 bundle and a failed export leaves nothing.
@@ -40,6 +43,7 @@ from distilserve.models.bundle import (
     MODEL_NAME,
     TOKENIZER_NAME,
     Manifest,
+    OpenVinoForm,
     ParityCheck,
     Pooling,
     QuantizationInfo,
@@ -51,6 +55,7 @@ from distilserve.models.bundle import (
 from distilserve.models.errors import BundleError, ExportError
 from distilserve.models.export.checkpoint import Checkpoint, load_checkpoint
 from distilserve.models.export.isa import ActivationScales, IsaChoice, QuantScheme, resolve_scheme
+from distilserve.models.export.openvino_form import OpenVinoMode, build_openvino_form, resolve_mode
 from distilserve.models.export.parity import (
     Outputs,
     SampleBatch,
@@ -69,7 +74,7 @@ from distilserve.models.export.quantize import (
     quantize_int8,
     quantize_int8_per_row,
 )
-from distilserve.models.export.samples import export_samples
+from distilserve.models.export.samples import export_samples, read_sample_file
 from distilserve.models.export.source import (
     weight_files,
     weights_sha256,
@@ -86,7 +91,7 @@ QuantizeMode = Literal["int8", "none"]
 RUNTIME_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 REQUIRED_OUTPUTS: dict[Task, tuple[str, ...]] = {name: spec.outputs for name, spec in TASK_SPECS.items()}
 EXPORT_EXTRA_MODULES = ("torch", "transformers", "optimum.exporters.onnx", "onnx")
-STEPS = 5
+STEPS = 6
 # Recorded in the manifest beside the int8 scheme; the measurements are in models.export.quantize.
 SCHEME_REASONS: dict[ActivationScales, str] = {
     "per-row": (
@@ -131,6 +136,11 @@ class ExportOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     # Glob patterns of MatMul/Gemm node names that int8 leaves in fp32 (mixed precision).
     keep_fp32: tuple[str, ...] = ()
+    # The OpenVINO form beside model.onnx: int8 (NNCF static), fp32 (bf16 where the CPU has it),
+    # none, or auto (int8 where openvino and nncf are installed).
+    openvino: OpenVinoMode = "none"
+    # Calibration inputs of the OpenVINO int8 form (the --samples format); default: the samples.
+    calibration: Path | None = None
 
 
 def require_export_extra() -> None:
@@ -255,6 +265,39 @@ def export_bundle(options: ExportOptions) -> Manifest:
                     )
                 )
 
+        openvino_mode = resolve_mode(options.openvino, options.quantize)
+        openvino_form: OpenVinoForm | None = None
+        openvino_files: list[Path] = []
+        if openvino_mode == "none":
+            steps.skip("OpenVINO form", f"--openvino {options.openvino}")
+        else:
+            with steps.step("OpenVINO form"):
+                calibration = batches
+                if options.calibration is not None:
+                    calibration = encode_samples(
+                        ThreadSafeTokenizer.from_file(tokenizer_path),
+                        read_sample_file(options.calibration, checkpoint.task),
+                        checkpoint.max_length,
+                    )
+                built = build_openvino_form(
+                    openvino_mode,
+                    fp32_path,
+                    scratch,
+                    task=checkpoint.task,
+                    batches=batches,
+                    calibration=calibration,
+                    calibration_source=str(options.calibration) if options.calibration else "export samples",
+                    torch_outputs=torch_outputs,
+                    fp32_outputs=fp32_outputs,
+                    output_names=output_names,
+                    thresholds=options.thresholds,
+                    problem_type=checkpoint.problem_type,
+                    pooling=checkpoint.pooling or "mean",
+                )
+                parity.extend(built.checks)
+                openvino_form = built.form
+                openvino_files = [built.model_path, built.weights_path]
+
         with steps.step("write bundle"):
             quantization = QuantizationInfo(
                 mode=options.quantize,
@@ -282,6 +325,8 @@ def export_bundle(options: ExportOptions) -> Manifest:
                 num_parameters=num_parameters,
                 quantization=quantization,
                 parity=parity,
+                openvino_form=openvino_form,
+                openvino_files=openvino_files,
             )
     elapsed = time.perf_counter() - started
     for line in summary_lines(manifest, output):
@@ -532,6 +577,8 @@ def library_versions() -> dict[str, str]:
         "optimum-onnx",
         "onnx",
         "onnxruntime",
+        "openvino",
+        "nncf",
         "tokenizers",
         "numpy",
     ):
@@ -554,6 +601,8 @@ def _write_bundle(
     num_parameters: int,
     quantization: QuantizationInfo,
     parity: list[ParityCheck],
+    openvino_form: OpenVinoForm | None = None,
+    openvino_files: Sequence[Path] = (),
 ) -> Manifest:
     config = checkpoint.config
     source = checkpoint.source
@@ -578,6 +627,7 @@ def _write_bundle(
         "pooling": checkpoint.pooling,
         "normalize": checkpoint.normalize,
         "quantization": quantization,
+        "openvino": openvino_form,
         "parity": parity,
         "source": SourceInfo(
             id=options.source_name or (str(source.local_dir) if source.local_dir else source.ref),
@@ -591,7 +641,10 @@ def _write_bundle(
         with atomic_bundle_dir(output, overwrite=options.overwrite) as staging:
             shutil.move(str(served_path), staging / MODEL_NAME)
             shutil.move(str(tokenizer_path), staging / TOKENIZER_NAME)
-            manifest = Manifest(**manifest_fields, files=hash_files(staging, [MODEL_NAME, TOKENIZER_NAME]))
+            for path in openvino_files:
+                shutil.move(str(path), staging / path.name)
+            names = [MODEL_NAME, TOKENIZER_NAME, *(path.name for path in openvino_files)]
+            manifest = Manifest(**manifest_fields, files=hash_files(staging, names))
             (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     except BundleError as exc:
         raise ExportError(str(exc)) from exc
@@ -617,5 +670,9 @@ def summary_lines(manifest: Manifest, bundle: Path) -> list[str]:
         else:
             size += " (fp32)"
         lines.append(size)
+    if manifest.openvino is not None and manifest.openvino.model_bytes is not None:
+        lines.append(
+            f"OpenVINO {manifest.openvino.precision} IR {manifest.openvino.model_bytes / 1e6:.1f} MB"
+        )
     lines.extend(describe(check) for check in manifest.parity)
     return lines

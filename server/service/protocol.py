@@ -50,6 +50,8 @@ class ModelInfo(BaseModel):
     parity: list[dict[str, object]]
     source: dict[str, object]
     batching: ModelBatching
+    # Which engine runs the model and why: requested, chosen, precision, reason, timings.
+    engine: dict[str, object]
 
 
 class Info(BaseModel):

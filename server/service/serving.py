@@ -10,7 +10,7 @@ from distilserve.server.service.protocol import Info, ModelBatching, ModelCard, 
 from distilserve.server.settings import ServerSettings
 from distilserve.server.topology import Topology
 
-_REPORTED_PACKAGES = ("distilserve", "onnxruntime", "tokenizers", "numpy", "fastapi", "uvicorn")
+_REPORTED_PACKAGES = ("distilserve", "onnxruntime", "openvino", "tokenizers", "numpy", "fastapi", "uvicorn")
 
 
 def package_version(package: str) -> str:
@@ -72,6 +72,7 @@ class ServiceInfo:
                     parity=[check.model_dump(mode="json") for check in manifest.parity],
                     source=manifest.source.model_dump(mode="json"),
                     batching=model_batching(served.batcher),
+                    engine=served.runtime.selection.as_info(),
                 )
             )
         return Info(

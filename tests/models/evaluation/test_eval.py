@@ -371,7 +371,7 @@ def test_batch_invariance_and_speed_rounds_are_reported_per_bundle(
     assert any(line.startswith("batch invariance: each of 6 rows") for line in lines)
     # name | max abs change | changed argmax 0 | no cosine for a classifier
     assert any(line.startswith("| bundle |") and line.endswith("| 0 | - |") for line in lines)
-    assert any(line.startswith("| fp32 bundle |") and line.endswith("x |") for line in lines)
+    assert any(line.startswith("| fp32 bundle |") and "x | " in line for line in lines)
     saved = json.loads(report.to_json())
     assert saved["models"][0]["invariance"]["changed_argmax"] == 0
 
@@ -390,3 +390,27 @@ def test_stsb_batch_invariance_reports_the_lowest_cosine(
     (entry,) = report.models
     assert entry.invariance is not None and entry.invariance["min_cosine"] >= 0.9999
     assert "changed_argmax" not in entry.invariance
+
+
+def test_engines_side_by_side_with_each_speed_order(tiny_bundles: BundleMap, data_dir: Path) -> None:
+    """--engines scores each bundle once per engine, named after it; --speed-orders times each order.
+    OpenVINO runs an fp32 bundle's model.onnx, so this needs no OpenVINO form (skipped without it)."""
+    pytest.importorskip("openvino", reason='openvino is not installed (pip install "distilserve[openvino]")')
+    key = ("bert", "text-classification")
+    report = evaluate(
+        Settings(
+            bundle=tiny_bundles[key],
+            dataset="sst2",
+            data_dir=data_dir,
+            engines=["onnxruntime", "openvino"],
+            speed_rounds=1,
+            speed_orders=["arrival", "single"],
+        )
+    )
+    onnx, openvino = report.models
+    assert (onnx.name, openvino.name) == ("bundle [onnxruntime]", "bundle [openvino]")
+    assert onnx.kind == "onnxruntime fp32" and openvino.kind.startswith("openvino ")
+    assert onnx.metrics == pytest.approx(openvino.metrics, abs=20.0)
+    for entry in (onnx, openvino):
+        assert set(entry.items_per_s) == {"arrival", "single"} and min(entry.items_per_s.values()) > 0
+    assert any("arrival items/s | single items/s" in line for line in format_report(report))
