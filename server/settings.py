@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +15,7 @@ from distilserve.models.batching import SERVER_BATCH_LIMITS
 
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
 from distilserve.models.export.default_model import default_cache_dir
+from distilserve.models.memory import cgroup_memory_limit
 from distilserve.server.batching import DEFAULT_POLICY
 
 
@@ -226,6 +228,25 @@ class ServerSettings(BaseSettings):
         True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"
     )
 
+    # Memory.
+    release_memory: bool = Field(
+        True,
+        description=(
+            "after each model batch, shrink ONNX Runtime's memory arena and return freed heap pages to "
+            "the system, so memory stays near what the largest batch needs instead of growing with "
+            "every batch shape seen"
+        ),
+    )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=64,
+        description=(
+            "memory this server process may use, in MiB (default: the container's cgroup memory limit "
+            "divided by --workers, when one is set; otherwise none); batches are split to fit it, a "
+            "request that could never fit is a 413, and /metrics exports it beside the RSS"
+        ),
+    )
+
     # Process.
     workers: int = Field(
         1,
@@ -292,6 +313,14 @@ class ServerSettings(BaseSettings):
                 "(DISTILSERVE_ALLOW_UNAUTHENTICATED=true) to serve it open"
             )
         return self
+
+    def memory_budget_bytes(self, cgroup_limit: Callable[[], int | None] = cgroup_memory_limit) -> int | None:
+        """This process's memory budget: ``memory_budget_mb``, else the cgroup's limit shared by
+        ``workers`` processes, else None (no budget)."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb * 2**20
+        limit = cgroup_limit()
+        return None if limit is None else limit // self.workers
 
     @property
     def model_specs(self) -> list[ModelSpec]:
