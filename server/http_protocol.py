@@ -11,7 +11,12 @@ header, holds its descriptor forever, and enough of them exhaust the process's d
   ``over_capacity`` at once, before any of its body is read, and its connection closed, so
   descriptors free up; ``/health/live`` is still answered, so an overloaded server is not
   restarted for being alive;
-- JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain;
+- JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain, and a 400
+  for a body cut short by the client's half-close (uvicorn closes without a word);
+- a lingering close: an answer that closes the connection while the client is still sending
+  its body (a 413 for a 10 MB body) shuts the write side, then reads and drops what still comes
+  for up to ``LINGER_S``; closing at once with unread data makes the kernel send a reset, which
+  can destroy the answer before the client reads it;
 - answers that need no application, written in the callback that parsed the headers, with no
   ASGI task, middleware or routing (``FastAnswers``): ``/health/live``, and the 429 for an
   inference route while ``distilserve.server.admission.Admission`` is full. Under overload most requests
@@ -44,6 +49,32 @@ from distilserve.server.metrics import ServerMetrics
 LIVE_PATH = "/health/live"
 # Answered even over the connection limit: a liveness probe must not fail because of load.
 ALWAYS_ANSWERED = frozenset({LIVE_PATH})
+# How long a closing connection keeps reading (and dropping) a body the answer made unneeded.
+LINGER_S = 2.0
+
+
+class LingeringTransport:
+    """The connection's transport, as uvicorn sees it, with a ``close`` that lingers while the
+    request's body is still coming (``GuardedHttpToolsProtocol.body_unfinished``)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        transport = self._transport
+        protocol = self._protocol
+        if transport.is_closing() or protocol.lingering or not protocol.body_unfinished():
+            transport.close()
+            return
+        protocol.lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer is flushed first, then FIN
+        transport.resume_reading()
+        protocol.loop.call_later(LINGER_S, transport.close)
 
 
 def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
@@ -125,12 +156,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # connection is kept (or closed, as the request asked).
         self._answered_early = False
         self._keep_alive_after = False
+        # Set by LingeringTransport.close: everything that still arrives is dropped unparsed.
+        self.lingering = False
 
     # Header-read timeout ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._arm_header_timer()
+
+    def body_unfinished(self) -> bool:
+        """A request whose body has not all arrived (its answer may already be sent)."""
+        return self.cycle is not None and self.cycle.more_body and self.parser is not None
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # the rest of a body nobody will read
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        """The client half-closed: a body cut short is a 400 (if nothing was answered yet);
+        then, as uvicorn does, the connection closes."""
+        cycle = self.cycle
+        if not self.lingering and cycle is not None and cycle.more_body and not cycle.response_complete:
+            self.transport.write(
+                _raw_error(
+                    400,
+                    "Bad Request",
+                    "the request body ended (the client closed its side) before it was complete",
+                    "incomplete_body",
+                )
+            )
+            cycle.response_complete = True  # whatever the app answers later is not sent
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -171,8 +171,8 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         description=(
-            "require 'Authorization: Bearer <key>' on the inference and info routes; an empty key is "
-            "refused at start-up"
+            "require 'Authorization: Bearer <key>' on the inference and info routes; an empty key, "
+            "or one with leading or trailing whitespace, is refused at start-up"
         ),
     )
     protect_metrics: bool = Field(False, description="also require the API key on /metrics")
@@ -300,8 +300,18 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty key would make "Authorization: Bearer " (no token) a valid credential.
-        if value is not None and not value.get_secret_value().strip():
+        if value is None:
+            return value
+        key = value.get_secret_value()
+        if not key.strip():
             raise ValueError("the API key must not be empty; unset it to serve without one")
+        # A client's "Bearer <key>" header loses the key's outer whitespace on the way (HTTP
+        # trims header values), so such a key would refuse every request.
+        if key != key.strip():
+            raise ValueError(
+                "the API key must not start or end with whitespace (no client could send it); "
+                "remove the spaces, tabs or newline around it"
+            )
         return value
 
     @model_validator(mode="after")

@@ -28,7 +28,9 @@ from distilserve.models.session import OnnxSession, SessionOptions
         ({}, None),  # no cgroup file at all (not in a container, or not Linux)
     ],
 )
-def test_the_cgroup_limit_is_read_from_v2_or_v1(tmp_path: Path, files: dict[str, str], expected: int | None) -> None:
+def test_the_cgroup_limit_is_read_from_v2_or_v1(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
