@@ -56,9 +56,34 @@ def data_dir() -> Path:
     return next((path for path in candidates if path.is_dir()), candidates[0])
 
 
+def synthetic_texts(seed: int = 0) -> tuple[list[str], list[tuple[str, str]]]:
+    """Made-up sentences and contexts of the same sizes, where the shared data sets are absent
+    (a CI runner): memory depends on the shapes, not on what the words mean."""
+    rng = random.Random(seed)
+    words = [
+        f"{rng.choice('bcdfghklmnprstvw')}{rng.choice('aeiou')}{rng.choice('nrst')}" for _ in range(2000)
+    ]
+
+    def sentence(low: int, high: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(low, high))) + "."
+
+    sentences = [sentence(4, 40) for _ in range(1000)]
+    pairs = []
+    for _ in range(50):
+        context = ""
+        while len(context) < LONG_CONTEXT_CHARS:
+            context += sentence(8, 30) + " "
+        pairs.append((sentence(4, 12).rstrip(".") + "?", context))
+    return sentences, pairs
+
+
 def load_texts() -> tuple[list[str], list[tuple[str, str]]]:
-    """Sentences (SST-2 dev) and (question, ~20 KB context) pairs (SQuAD dev paragraphs joined)."""
+    """Sentences (SST-2 dev) and (question, ~20 KB context) pairs (SQuAD dev paragraphs joined);
+    made-up ones of the same sizes when the data sets are not here."""
     folder = data_dir()
+    if not (folder / "sst2_dev.tsv").is_file() or not (folder / "squad_v1.1_dev.json").is_file():
+        print(f"no data sets in {folder}: synthetic texts of the same sizes", file=sys.stderr)
+        return synthetic_texts()
     sentences = [
         line.split("\t")[0]
         for line in (folder / "sst2_dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
