@@ -167,9 +167,10 @@ def client(
     connection.close()
 
 
-def proc_rss_mb(pid: int) -> float:
+def proc_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS), or its peak so far (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -231,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     process: subprocess.Popen[bytes] | None = None
+    curve: list[tuple[int, float, float]] = []
+    results = Results()
+    ready_rss = float("nan")
     if args.serve:
         port = free_port()
         host = LOOPBACK
@@ -245,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = int(port_text or 80)
         pid = args.pid
 
+    def read_peak() -> float:
+        return float("nan") if pid is None else proc_rss_mb(pid, "VmHWM")
+
     def read_rss() -> float:
         if args.rss_command:
             output = subprocess.run(args.rss_command, shell=True, capture_output=True, text=True, check=True)
@@ -257,7 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_ready(host, port, 300, process)
         sentences, pairs = load_texts()
         traffic = Traffic(sentences, pairs, args.qa_share, args.embed_share)
-        results = Results()
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         started = time.monotonic()
         deadline = started + args.max_seconds
@@ -266,7 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         def until(limit: int) -> Callable[[], bool]:
             return lambda: results.sent < limit and time.monotonic() < deadline
 
-        curve: list[tuple[int, float, float]] = []
         step = max(args.requests // args.samples, 1)
         sent_target = 0
         seed = 0
@@ -289,10 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for thread in threads:
                 thread.join()
             rss = read_rss()
+            peak = read_peak()
             curve.append((results.sent, round(time.monotonic() - started, 1), round(rss, 1)))
             server_errors = sum(count for status, count in results.statuses.items() if status >= 500)
             print(
-                f"requests={results.sent:6d} t={curve[-1][1]:7.1f}s rss_mb={rss:8.1f} "
+                f"requests={results.sent:6d} t={curve[-1][1]:7.1f}s rss_mb={rss:8.1f} peak_mb={peak:8.1f} "
                 f"{'burst ' if burst else ''}statuses={dict(sorted(results.statuses.items()))} "
                 f"errors={dict(results.errors)} 5xx={server_errors}",
                 flush=True,
@@ -301,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
     finally:
         exit_code = None
+        read_peak_at_end = read_peak() if process is None or process.poll() is None else float("nan")
         if process is not None:
             exit_code = process.poll()
             if exit_code is None:
@@ -317,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": curve[-1][1] if curve else 0.0,
         "ready_rss_mb": round(ready_rss, 1),
         "max_rss_mb": max(samples, default=float("nan")),
+        "peak_rss_mb": read_peak_at_end,
         "final_rss_mb": samples[-1] if samples else float("nan"),
         "rss_rising": rising(samples, args.rise_mb),
         "statuses": dict(results.statuses),
