@@ -33,6 +33,10 @@ class SessionOptions:
     # the largest batch shape it has seen, per session, and glibc keeps what the arena frees:
     # the three default models grew past 1 GB under mixed traffic (issue 25).
     release_memory: bool = True
+    # ... but only after a batch that can have grown the arena much: rows x width^2 (the size of
+    # one head's attention scores) at least this. Below it (a few short texts) the arena holds
+    # tens of MiB at most, and a shrink and trim per run would cost more than the run saves.
+    release_above_cells: int = 1 << 18
 
 
 def cpu_count() -> int:
@@ -64,6 +68,7 @@ class OnnxSession:
             str(self.model_path), sess_options=session_options, providers=["CPUExecutionProvider"]
         )
         self.release_memory = options.release_memory
+        self.release_above_cells = options.release_above_cells
         self._run_options: ort.RunOptions | None = None
         if options.release_memory:
             self._run_options = ort.RunOptions()
@@ -75,13 +80,23 @@ class OnnxSession:
             extra={"model_path": str(self.model_path), "intra_op_threads": options.intra_op_threads},
         )
 
+    @staticmethod
+    def _attention_cells(inputs: dict[str, np.ndarray]) -> int:
+        """rows x width^2 of the batch (its first 2-D input: token ids or mask)."""
+        for array in inputs.values():
+            if array.ndim == 2:
+                rows, width = array.shape
+                return int(rows) * int(width) * int(width)
+        return 0
+
     def run(
         self, feed: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run the graph. Only the inputs the graph declares are passed on."""
         names = output_names or self.output_names
         inputs = {name: feed[name] for name in self.input_names}
-        values = self._session.run(names, inputs, self._run_options)
-        if self.release_memory:
+        release = self.release_memory and self._attention_cells(inputs) >= self.release_above_cells
+        values = self._session.run(names, inputs, self._run_options if release else None)
+        if release:
             trim_heap()
         return dict(zip(names, values, strict=True))

@@ -232,7 +232,7 @@ class ServerSettings(BaseSettings):
     release_memory: bool = Field(
         True,
         description=(
-            "after each model batch, shrink ONNX Runtime's memory arena and return freed heap pages to "
+            "after each large model batch, shrink ONNX Runtime's memory arena and return freed heap pages to "
             "the system, so memory stays near what the largest batch needs instead of growing with "
             "every batch shape seen"
         ),

@@ -61,7 +61,7 @@ def test_releasing_memory_after_each_run_changes_no_output(
     tiny_bundles: dict[tuple[str, str], Path], key: tuple[str, str]
 ) -> None:
     bundle = tiny_bundles[key]
-    released = OnnxSession(bundle / "model.onnx", SessionOptions(release_memory=True))
+    released = OnnxSession(bundle / "model.onnx", SessionOptions(release_memory=True, release_above_cells=0))
     kept = OnnxSession(bundle / "model.onnx", SessionOptions(release_memory=False))
     rng = np.random.default_rng(0)
     for rows, width in [(1, 8), (4, 64), (2, 16)]:  # a large shape between two small ones
@@ -70,3 +70,20 @@ def test_releasing_memory_after_each_run_changes_no_output(
         first, second = released.run(feed), kept.run(feed)
         for name in first:
             np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_memory_is_released_only_after_batches_that_can_have_grown_the_arena(
+    tiny_bundles: dict[tuple[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distilserve.models.session as session_module
+
+    trims: list[bool] = []
+    monkeypatch.setattr(session_module, "trim_heap", lambda: trims.append(True) or True)
+    bundle = tiny_bundles[("bert", "feature-extraction")]
+    session = OnnxSession(bundle / "model.onnx", SessionOptions(release_above_cells=4 * 64 * 64))
+    for rows, width in [(1, 8), (4, 64), (2, 16), (8, 64)]:
+        ids = np.full((rows, width), 7, dtype=np.int64)
+        session.run(
+            {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        )
+    assert len(trims) == 2  # after 4 x 64 and 8 x 64 (rows x width^2 at the threshold or above)
