@@ -42,9 +42,11 @@ import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from distilserve.server import clock
 from distilserve.server.admission import RETRY_AFTER_S, Admission
 from distilserve.server.errors import error_body
 from distilserve.server.metrics import ServerMetrics
+from distilserve.server.middleware import ARRIVED_AT
 
 LIVE_PATH = "/health/live"
 # Answered even over the connection limit: a liveness probe must not fail because of load.
@@ -228,6 +230,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if len(self.connections) <= self.max_connections:
             super().on_headers_complete()
+            self._note_arrival()
             return
         # uvicorn starts the request with ``self.app``: for this one request, the refusal.
         app = self.app
@@ -236,6 +239,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def _note_arrival(self) -> None:
+        """The request's arrival, for its deadline, when its headers are parsed: the ASGI task
+        uvicorn just created runs only when the loop gets to it, which under load is later
+        (``ArrivalMiddleware`` keeps this time rather than its own)."""
+        scope = getattr(self, "scope", None)
+        if isinstance(scope, dict):
+            scope.setdefault("state", {})[ARRIVED_AT] = clock.now()
 
     def _over_capacity(self, app: Any) -> Any:
         limit = self.max_connections
