@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from distilserve.models.memory import trim_heap
+from distilserve.models.memory import map_large_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ class SessionOptions:
     inter_op_threads: int = 1
     allow_spinning: bool = True
     graph_optimization: bool = True
-    # After each run, shrink ONNX Runtime's CPU arena back to its first chunk and hand the freed
-    # pages to the system (``distilserve.models.memory.trim_heap``). Without it the arena keeps
+    # After each run, shrink ONNX Runtime's CPU arena back to its first chunk, its large blocks
+    # mapped on their own so that the freed pages go back to the system
+    # (``distilserve.models.memory.map_large_blocks``). Without it the arena keeps
     # the largest batch shape it has seen, per session, and glibc keeps what the arena frees:
     # the three default models grew past 1 GB under mixed traffic (issue 25).
     release_memory: bool = True
@@ -71,6 +72,7 @@ class OnnxSession:
         self.release_above_cells = options.release_above_cells
         self._run_options: ort.RunOptions | None = None
         if options.release_memory:
+            map_large_blocks()
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input_names: list[str] = [node.name for node in self._session.get_inputs()]
@@ -97,6 +99,4 @@ class OnnxSession:
         inputs = {name: feed[name] for name in self.input_names}
         release = self.release_memory and self._attention_cells(inputs) >= self.release_above_cells
         values = self._session.run(names, inputs, self._run_options if release else None)
-        if release:
-            trim_heap()
         return dict(zip(names, values, strict=True))
