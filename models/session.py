@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from distilserve.models.memory import map_large_blocks
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,6 +29,16 @@ class SessionOptions:
     inter_op_threads: int = 1
     allow_spinning: bool = True
     graph_optimization: bool = True
+    # After each run, shrink ONNX Runtime's CPU arena back to its first chunk, its large blocks
+    # mapped on their own so that the freed pages go back to the system
+    # (``distilserve.models.memory.map_large_blocks``). Without it the arena keeps
+    # the largest batch shape it has seen, per session, and glibc keeps what the arena frees:
+    # the three default models grew past 1 GB under mixed traffic (issue 25).
+    release_memory: bool = True
+    # ... but only after a batch that can have grown the arena much: rows x width^2 (the size of
+    # one head's attention scores) at least this. Below it (a few short texts) the arena holds
+    # tens of MiB at most, and a shrink and trim per run would cost more than the run saves.
+    release_above_cells: int = 1 << 18
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -82,6 +94,13 @@ class OnnxSession:
         self._session = ort.InferenceSession(
             str(self.model_path), sess_options=session_options, providers=["CPUExecutionProvider"]
         )
+        self.release_memory = options.release_memory
+        self.release_above_cells = options.release_above_cells
+        self._run_options: ort.RunOptions | None = None
+        if options.release_memory:
+            map_large_blocks()
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.input_names: list[str] = [node.name for node in self._session.get_inputs()]
         self.output_names: list[str] = [node.name for node in self._session.get_outputs()]
         logger.debug(
@@ -89,11 +108,21 @@ class OnnxSession:
             extra={"model_path": str(self.model_path), "intra_op_threads": options.intra_op_threads},
         )
 
+    @staticmethod
+    def _attention_cells(inputs: dict[str, np.ndarray]) -> int:
+        """rows x width^2 of the batch (its first 2-D input: token ids or mask)."""
+        for array in inputs.values():
+            if array.ndim == 2:
+                rows, width = array.shape
+                return int(rows) * int(width) * int(width)
+        return 0
+
     def run(
         self, feed: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run the graph. Only the inputs the graph declares are passed on."""
         names = output_names or self.output_names
         inputs = {name: feed[name] for name in self.input_names}
-        values = self._session.run(names, inputs)
+        release = self.release_memory and self._attention_cells(inputs) >= self.release_above_cells
+        values = self._session.run(names, inputs, self._run_options if release else None)
         return dict(zip(names, values, strict=True))

@@ -16,7 +16,12 @@ from distilserve.server.admission import ClientDisconnectedError
 from distilserve.server.batching import BatchPolicy
 from distilserve.server.errors import install_error_handlers
 from distilserve.server.metrics import ServerMetrics
-from distilserve.server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from distilserve.server.middleware import (
+    ArrivalMiddleware,
+    BodyLimitMiddleware,
+    DeadlineMiddleware,
+    RequestMetricsMiddleware,
+)
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.routing import InferenceRoute
 from distilserve.server.service.api_router import docs_router, health_router, info_router, metrics_router
@@ -42,7 +47,11 @@ def session_options(settings: ServerSettings) -> SessionOptions:
     if threads == 0 and settings.workers > 1:
         # N workers' thread pools on the same cores would fight; each gets its share.
         threads = max(cpu_count() // settings.workers, 1)
-    return SessionOptions(intra_op_threads=threads, allow_spinning=settings.allow_spinning)
+    return SessionOptions(
+        intra_op_threads=threads,
+        allow_spinning=settings.allow_spinning,
+        release_memory=settings.release_memory,
+    )
 
 
 def build_app(
@@ -71,6 +80,7 @@ def build_app(
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
         engine=settings.engine,
+        memory_budget_bytes=settings.memory_budget_bytes(),
     )
     services = Services.build(settings, registry, metrics, tasks, topology)
 
@@ -123,6 +133,7 @@ def build_app(
         max_body_bytes=settings.max_body_bytes,
         read_timeout_s=settings.body_read_timeout_s,
     )
+    app.add_middleware(DeadlineMiddleware, metrics=metrics)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
     app.add_middleware(ArrivalMiddleware)  # outermost: added last
     return app

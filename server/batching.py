@@ -32,6 +32,7 @@ from typing import Any
 
 from distilserve.models.batch_cost import BatchCost
 from distilserve.models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
+from distilserve.models.memory import BatchMemoryEstimate
 from distilserve.server import clock
 from distilserve.server.metrics import ServerMetrics
 
@@ -59,6 +60,18 @@ class QueueFullError(Exception):
         self.model = model
         super().__init__(
             f"model {model!r} is at capacity ({queued_tokens} tokens queued, limit {limit}); retry later"
+        )
+
+
+class RowTooLargeForMemoryError(Exception):
+    """A row whose batch of one would not fit in the model's share of the memory budget."""
+
+    def __init__(self, model: str, width: int, row_bytes: int, limit_bytes: int) -> None:
+        self.model = model
+        super().__init__(
+            f"an input of {width} tokens needs about {row_bytes // 2**20} MiB on model {model!r}, more "
+            f"than its share of the server's memory budget ({limit_bytes // 2**20} MiB); send a shorter "
+            "input, or raise --memory-budget-mb"
         )
 
 
@@ -128,7 +141,18 @@ class DynamicBatcher:
         self.limits = policy.limits
         self.max_wait_s = policy.max_wait_ms / 1000.0
         self.cost: BatchCost | None = None
+        # The memory one batch may use (``use_memory_limit``); None: no limit but the token ones.
+        self.memory_limit_bytes: int | None = None
+        self.memory_estimate = BatchMemoryEstimate()
         self._report_costs()
+
+    def use_memory_limit(self, limit_bytes: int, estimate: BatchMemoryEstimate) -> None:
+        """Keep every batch's estimated memory within ``limit_bytes``: a planned batch that
+        would need more is cut to the rows that fit (the rest stay queued), and a row that would
+        not fit even alone is refused when it is queued (``RowTooLargeForMemoryError``)."""
+        self.memory_limit_bytes = limit_bytes
+        self.memory_estimate = estimate
+        self._metrics.batch_memory_limit.labels(self.model).set(limit_bytes)
 
     def use_cost(self, cost: BatchCost) -> None:
         """Plan with a calibrated cost: its fixed cost in tokens is the batch overhead, and an
@@ -214,6 +238,7 @@ class DynamicBatcher:
         if self._closing:
             raise BatcherClosedError("server is shutting down")
         tokens = sum(len(row) for row in rows)
+        self._check_memory(rows)
         if self._queued_tokens and self._queued_tokens + tokens > self.policy.max_queue_tokens:
             self._metrics.rejected.labels(self.model, "queue_tokens").inc()
             raise QueueFullError(self.model, self._queued_tokens, self.policy.max_queue_tokens)
@@ -234,6 +259,15 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._abandon(job)
             raise
+
+    def _check_memory(self, rows: Sequence[EncodedRow]) -> None:
+        limit = self.memory_limit_bytes
+        if limit is None or not rows:
+            return
+        width = max(len(row) for row in rows)
+        if self.memory_estimate.rows_within(limit, width) < 1:
+            self._metrics.rejected.labels(self.model, "memory_budget").inc()
+            raise RowTooLargeForMemoryError(self.model, width, self.memory_estimate.row_bytes(width), limit)
 
     def _abandon(self, job: Job) -> None:
         """Mark a job dead; the scheduler drops its unstarted rows instead of computing them."""
@@ -303,12 +337,25 @@ class DynamicBatcher:
         groups = plan_groups([queued.length for queued in by_length], self.limits)
         position = next(index for index, queued in enumerate(by_length) if queued is anchor)
         start, end = next((start, end) for start, end in groups if start <= position < end)
-        chosen = by_length[start:end]
+        chosen = self._within_memory(by_length[start:end], position - start)
         taken = {id(queued) for queued in chosen}
         self._queue = [queued for queued in self._queue if id(queued) not in taken]
         self._queued_tokens -= sum(queued.length for queued in chosen)
         self._update_depth()
         return chosen
+
+    def _within_memory(self, group: list[QueuedRow], anchor: int) -> list[QueuedRow]:
+        """``group`` (sorted by length), or the run of its rows holding ``group[anchor]`` that
+        fits the memory limit at the group's padded width; the rows left out stay queued."""
+        limit = self.memory_limit_bytes
+        if limit is None:
+            return group
+        fitting = max(self.memory_estimate.rows_within(limit, group[-1].length), 1)
+        if fitting >= len(group):
+            return group
+        self._metrics.memory_split_batches.labels(self.model).inc()
+        start = max(min(anchor, len(group) - fitting), 0)
+        return group[start : start + fitting]
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[QueuedRow]) -> None:
         now = time.monotonic()

@@ -43,6 +43,13 @@ def _whole_number(value: object) -> object:
 # bounds put on the outside are neither checked on the converted value nor written as "minimum".
 WholeNumber = BeforeValidator(_whole_number)
 PositiveInteger = Annotated[StrictInt, Field(ge=1), WholeNumber]
+# Labels a classification answer may ask for: more than any classifier served has (a larger
+# top_k would return them all, so a bound costs no one anything, and 1e308 is refused).
+MAX_TOP_K = 1000
+TopK = Annotated[StrictInt, Field(ge=1, le=MAX_TOP_K), WholeNumber]
+# Widest embedding a request may ask for; the served model's own width (/info) is checked after.
+MAX_DIMENSIONS = 8192
+Dimensions = Annotated[StrictInt, Field(ge=1, le=MAX_DIMENSIONS), WholeNumber]
 
 # Every string a client sends: strictly a string, and valid Unicode.
 Text = Annotated[StrictStr, AfterValidator(_refuse_lone_surrogates)]

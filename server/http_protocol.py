@@ -11,7 +11,12 @@ header, holds its descriptor forever, and enough of them exhaust the process's d
   ``over_capacity`` at once, before any of its body is read, and its connection closed, so
   descriptors free up; ``/health/live`` is still answered, so an overloaded server is not
   restarted for being alive;
-- JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain;
+- JSON in the one error shape for HTTP syntax errors, instead of uvicorn's text/plain, and a 400
+  for a body cut short by the client's half-close (uvicorn closes without a word);
+- a lingering close: an answer that closes the connection while the client is still sending
+  its body (a 413 for a 10 MB body) shuts the write side, then reads and drops what still comes
+  for up to ``LINGER_S``; closing at once with unread data makes the kernel send a reset, which
+  can destroy the answer before the client reads it;
 - answers that need no application, written in the callback that parsed the headers, with no
   ASGI task, middleware or routing (``FastAnswers``): ``/health/live``, and the 429 for an
   inference route while ``distilserve.server.admission.Admission`` is full. Under overload most requests
@@ -37,13 +42,41 @@ import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from distilserve.server import clock
 from distilserve.server.admission import RETRY_AFTER_S, Admission
 from distilserve.server.errors import error_body
 from distilserve.server.metrics import ServerMetrics
+from distilserve.server.middleware import ARRIVED_AT
 
 LIVE_PATH = "/health/live"
 # Answered even over the connection limit: a liveness probe must not fail because of load.
 ALWAYS_ANSWERED = frozenset({LIVE_PATH})
+# How long a closing connection keeps reading (and dropping) a body the answer made unneeded.
+LINGER_S = 2.0
+
+
+class LingeringTransport:
+    """The connection's transport, as uvicorn sees it, with a ``close`` that lingers while the
+    request's body is still coming (``GuardedHttpToolsProtocol.body_unfinished``)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        transport = self._transport
+        protocol = self._protocol
+        if transport.is_closing() or protocol.lingering or not protocol.body_unfinished():
+            transport.close()
+            return
+        protocol.lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer is flushed first, then FIN
+        transport.resume_reading()
+        protocol.loop.call_later(LINGER_S, transport.close)
 
 
 def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
@@ -125,12 +158,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # connection is kept (or closed, as the request asked).
         self._answered_early = False
         self._keep_alive_after = False
+        # Set by LingeringTransport.close: everything that still arrives is dropped unparsed.
+        self.lingering = False
 
     # Header-read timeout ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._arm_header_timer()
+
+    def body_unfinished(self) -> bool:
+        """A request whose body has not all arrived (its answer may already be sent)."""
+        return self.cycle is not None and self.cycle.more_body and self.parser is not None
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # the rest of a body nobody will read
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        """The client half-closed: a body cut short is a 400 (if nothing was answered yet);
+        then, as uvicorn does, the connection closes."""
+        cycle = self.cycle
+        if not self.lingering and cycle is not None and cycle.more_body and not cycle.response_complete:
+            self.transport.write(
+                _raw_error(
+                    400,
+                    "Bad Request",
+                    "the request body ended (the client closed its side) before it was complete",
+                    "incomplete_body",
+                )
+            )
+            cycle.response_complete = True  # whatever the app answers later is not sent
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -169,6 +230,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if len(self.connections) <= self.max_connections:
             super().on_headers_complete()
+            self._note_arrival()
             return
         # uvicorn starts the request with ``self.app``: for this one request, the refusal.
         app = self.app
@@ -177,6 +239,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def _note_arrival(self) -> None:
+        """The request's arrival, for its deadline, when its headers are parsed: the ASGI task
+        uvicorn just created runs only when the loop gets to it, which under load is later
+        (``ArrivalMiddleware`` keeps this time rather than its own)."""
+        scope = getattr(self, "scope", None)
+        if isinstance(scope, dict):
+            scope.setdefault("state", {})[ARRIVED_AT] = clock.now()
 
     def _over_capacity(self, app: Any) -> Any:
         limit = self.max_connections

@@ -24,6 +24,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from distilserve.models.memory import resident_bytes
+
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (
@@ -186,6 +188,31 @@ class ServerMetrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.batch_memory_limit = Gauge(
+            "distilserve_batch_memory_limit_bytes",
+            "Estimated memory one batch of the model may use: its share of the memory budget.",
+            ["model"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.memory_split_batches = Counter(
+            "distilserve_memory_split_batches",
+            "Planned batches cut smaller to fit the memory budget.",
+            ["model"],
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "distilserve_memory_resident_bytes",
+            "Resident memory (RSS) of the server process, read at each scrape.",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.memory_budget = Gauge(
+            "distilserve_memory_budget_bytes",
+            "Memory the server process may use (--memory-budget-mb, or the cgroup limit / workers).",
+            multiprocess_mode="liveall",
+            registry=r,
+        )
         self.model_info = Gauge(
             "distilserve_model_info",
             "Served models (value 1), with their task, quantization and engine.",
@@ -198,6 +225,9 @@ class ServerMetrics:
 
     def exposition(self) -> bytes:
         """The text /metrics answers: this app's registry, or every worker's values in worker mode."""
+        resident = resident_bytes()
+        if resident is not None:
+            self.resident_memory.set(resident)
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         collected = CollectorRegistry()

@@ -35,6 +35,7 @@ from distilserve.server.batching import (
     DeadlineExceededError,
     InferenceFailedError,
     QueueFullError,
+    RowTooLargeForMemoryError,
 )
 from distilserve.server.errors import ApiError
 from distilserve.server.metrics import ServerMetrics
@@ -122,6 +123,8 @@ class InferencePipeline:
         self._check_deadline(context, "before its rows were queued")
         try:
             outputs = await served.batcher.run_rows(rows, context.deadline)
+        except RowTooLargeForMemoryError as exc:
+            raise ApiError(413, str(exc), code="memory_budget_exceeded", param=param) from exc
         except QueueFullError as exc:
             raise ApiError(429, str(exc), code="queue_full", headers={"Retry-After": RETRY_AFTER_S}) from exc
         except DeadlineExceededError as exc:

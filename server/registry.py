@@ -13,6 +13,7 @@ from distilserve.models import ModelRuntime, SessionOptions, load_model
 from distilserve.models.batch_cost import BatchCost, BatchTiming, calibrate_batch_cost
 from distilserve.models.bundle import Task
 from distilserve.models.engines import EngineChoice
+from distilserve.models.memory import DEFAULT_HIDDEN_SIZE, BatchMemoryEstimate, resident_bytes
 from distilserve.server import clock
 from distilserve.server.batching import BatchPolicy, DynamicBatcher
 from distilserve.server.errors import ApiError
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 # Timings that fit badly are timed again this many times in all before the constants stay.
 CALIBRATION_ATTEMPTS = 3
+# The part of the memory budget that the weights, loaded at start, and the batches may use; the
+# rest is for what comes and goes with requests (bodies, token ids, responses, the tokenizers).
+BATCH_MEMORY_SHARE = 0.8
 
 
 def calibration_token_id(runtime: ModelRuntime) -> int:
@@ -55,6 +59,7 @@ class ModelRegistry:
         warmup: bool = True,
         calibrate: bool = False,
         engine: EngineChoice = "auto",
+        memory_budget_bytes: int | None = None,
     ) -> None:
         self.specs = list(specs)
         self.policy = policy
@@ -63,6 +68,7 @@ class ModelRegistry:
         self.warmup = warmup
         self.calibrate = calibrate
         self.engine = engine
+        self.memory_budget_bytes = memory_budget_bytes
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         # Set on SIGTERM: /health/ready answers 503 while requests are still served (the drain).
@@ -101,7 +107,35 @@ class ModelRegistry:
                     "load_s": round(time.perf_counter() - started, 3),
                 },
             )
+        self._share_memory_budget()
         self.ready = True
+
+    def _share_memory_budget(self) -> None:
+        """Give each model's batcher an equal share of what the budget leaves once every model is
+        loaded and warm (each model's batch runs on its own thread, so all may run at once)."""
+        budget = self.memory_budget_bytes
+        if budget is None or not self.models:
+            return
+        self.metrics.memory_budget.set(budget)
+        loaded = resident_bytes() or 0
+        share = max(int(budget * BATCH_MEMORY_SHARE) - loaded, 0) // len(self.models)
+        for served in self.models.values():
+            estimate = BatchMemoryEstimate(served.runtime.manifest.hidden_size or DEFAULT_HIDDEN_SIZE)
+            served.batcher.use_memory_limit(share, estimate)
+            longest = served.runtime.manifest.max_length
+            rows = estimate.rows_within(share, longest)
+            log = logger.warning if rows < 1 else logger.info
+            log(
+                "memory budget shared" if rows >= 1 else "memory budget too small for the longest input",
+                extra={
+                    "model": served.name,
+                    "budget_mib": budget // 2**20,
+                    "loaded_mib": loaded // 2**20,
+                    "batch_limit_mib": share // 2**20,
+                    "rows_at_max_length": rows,
+                    "max_length": longest,
+                },
+            )
 
     async def _warm_up(self, served: ServedModel) -> None:
         # One item of the task's own kind (``TaskProcessor.warmup_item``), run before the server

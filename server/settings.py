@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +16,7 @@ from distilserve.models.engines import EngineChoice
 
 # Importing this pulls in no torch, transformers or onnx: those load only when a bundle is exported.
 from distilserve.models.export.default_model import default_cache_dir
+from distilserve.models.memory import cgroup_memory_limit
 from distilserve.server.batching import DEFAULT_POLICY
 
 
@@ -170,8 +172,8 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         description=(
-            "require 'Authorization: Bearer <key>' on the inference and info routes; an empty key is "
-            "refused at start-up"
+            "require 'Authorization: Bearer <key>' on the inference and info routes; an empty key, "
+            "or one with leading or trailing whitespace, is refused at start-up"
         ),
     )
     protect_metrics: bool = Field(False, description="also require the API key on /metrics")
@@ -235,6 +237,24 @@ class ServerSettings(BaseSettings):
             "why), onnxruntime, or openvino; --intra-op-threads applies to both"
         ),
     )
+    # Memory.
+    release_memory: bool = Field(
+        True,
+        description=(
+            "after each large model batch, shrink ONNX Runtime's memory arena and return freed heap pages to "
+            "the system, so memory stays near what the largest batch needs instead of growing with "
+            "every batch shape seen"
+        ),
+    )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=64,
+        description=(
+            "memory this server process may use, in MiB (default: the container's cgroup memory limit "
+            "divided by --workers, when one is set; otherwise none); batches are split to fit it, a "
+            "request that could never fit is a 413, and /metrics exports it beside the RSS"
+        ),
+    )
 
     # Process.
     workers: int = Field(
@@ -291,8 +311,18 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty key would make "Authorization: Bearer " (no token) a valid credential.
-        if value is not None and not value.get_secret_value().strip():
+        if value is None:
+            return value
+        key = value.get_secret_value()
+        if not key.strip():
             raise ValueError("the API key must not be empty; unset it to serve without one")
+        # A client's "Bearer <key>" header loses the key's outer whitespace on the way (HTTP
+        # trims header values), so such a key would refuse every request.
+        if key != key.strip():
+            raise ValueError(
+                "the API key must not start or end with whitespace (no client could send it); "
+                "remove the spaces, tabs or newline around it"
+            )
         return value
 
     @model_validator(mode="after")
@@ -304,6 +334,16 @@ class ServerSettings(BaseSettings):
                 "(DISTILSERVE_ALLOW_UNAUTHENTICATED=true) to serve it open"
             )
         return self
+
+    def memory_budget_bytes(self, cgroup_limit: Callable[[], int | None] = cgroup_memory_limit) -> int | None:
+        """This process's memory budget: ``memory_budget_mb``, else the cgroup's limit shared by
+        ``workers`` processes, else None (no budget)."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb * 2**20
+        limit = cgroup_limit()
+        # workers 0 (one per core) is resolved at start-up (server.topology) before any app is built;
+        # an app built directly is one process.
+        return None if limit is None else limit // max(self.workers, 1)
 
     @property
     def model_specs(self) -> list[ModelSpec]:

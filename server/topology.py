@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from distilserve.models.session import CGROUP_ROOT, cpu_count
+from distilserve.models.memory import cgroup_memory_limit
+from distilserve.models.session import cpu_count
 from distilserve.server.settings import ModelSpec, ServerSettings
 
 # One process's memory beside its models: CPython, numpy, ONNX Runtime, FastAPI, uvicorn, the
@@ -90,24 +91,6 @@ def plan_topology(
                 f"the memory limit is {memory_limit_bytes / 2**20:.0f} MB"
             )
     return chosen(workers, max(cores // workers, 1), reason)
-
-
-def cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
-    """The container's memory limit (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``);
-    None when there is none (v1 reports "none" as a huge number)."""
-    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text == "max":
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            continue
-        return value if value < 2**60 else None
-    return None
 
 
 def worker_bytes_estimate(specs: Sequence[ModelSpec]) -> int:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from distilserve.server.common_protocol import PositiveInteger, Text, TextOrTexts, Usage
+from distilserve.server.common_protocol import Text, TextOrTexts, TopK, Usage
 
 
 class ClassifyRequest(BaseModel):
@@ -19,7 +19,10 @@ class ClassifyRequest(BaseModel):
         None, description="model name; optional when one classification model is served"
     )
     input: TextOrTexts = Field(description="one text or a list of texts")
-    top_k: PositiveInteger | None = Field(1, description="labels per text, best first; null for all")
+    top_k: TopK | None = Field(
+        1,
+        description="labels per text, best first (at most 1000; beyond the labels, all); null for all",
+    )
     raw_scores: StrictBool = Field(False, description="return logits instead of probabilities")
     truncate: StrictBool = Field(
         True, description="cut texts longer than the model's limit instead of failing"
@@ -50,7 +53,7 @@ class InferenceParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: PositiveInteger | None = Field(None, description="labels per text, best first; null for all")
+    top_k: TopK | None = Field(None, description="labels per text, best first (at most 1000); null for all")
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
         None, description="softmax (the default) over the logits, a sigmoid of each, or the logits"
     )
@@ -69,7 +72,7 @@ class PredictRequest(BaseModel):
     inputs: TextOrTexts
     raw_scores: StrictBool = False
     truncate: StrictBool = False
-    top_k: PositiveInteger | None = None
+    top_k: TopK | None = Field(None, description="labels per text, best first (at most 1000); null for all")
     model: Text | None = None
     parameters: InferenceParameters | None = Field(
         None,

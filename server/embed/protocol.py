@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from distilserve.server.common_protocol import PositiveInteger, Text, TextOrTexts, Usage
+from distilserve.server.common_protocol import Dimensions, Text, TextOrTexts, Usage
 
 
 def _reject_token_ids(value: object) -> object:
@@ -29,8 +29,12 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 bytes, what the openai client asks for by default"
     )
-    dimensions: PositiveInteger | None = Field(
-        None, description="keep the first N dimensions (renormalised); at most the model's, /info hidden_size"
+    dimensions: Dimensions | None = Field(
+        None,
+        description=(
+            "keep the first N dimensions (renormalised); at most 8192, and at most the model's (/info "
+            "hidden_size: more is a 422 invalid_dimensions)"
+        ),
     )
     user: Text | None = None
 
@@ -60,7 +64,9 @@ class EmbedRequest(BaseModel):
     inputs: TextOrTexts
     normalize: StrictBool = True
     truncate: StrictBool = False
-    dimensions: PositiveInteger | None = None
+    dimensions: Dimensions | None = Field(
+        None, description="keep the first N dimensions (at most 8192, and at most the model's)"
+    )
     model: Text | None = None
 
     _no_token_ids = field_validator("inputs", mode="before")(_reject_token_ids)

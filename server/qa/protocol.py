@@ -33,7 +33,14 @@ class AnswerParameters(BaseModel):
         ),
     )
     max_answer_len: TokenCount = Field(15, description="longest answer, in tokens")
-    max_question_len: TokenCount = Field(64, description="question tokens kept")
+    max_question_len: TokenCount = Field(
+        64,
+        description=(
+            "most tokens a question may have (1 to 512); a longer question is refused, a 422 "
+            "invalid_input naming the question (transformers' pipeline truncates it instead: "
+            "a cut question is a different question, so it is not answered silently)"
+        ),
+    )
     handle_impossible_answer: StrictBool = Field(
         False, description="allow an empty answer when no span beats it"
     )

@@ -18,8 +18,10 @@ import itertools
 import json
 import os
 import queue
+import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPException
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -419,3 +422,40 @@ def _check_stop_drains(running: Container, capsys: pytest.CaptureFixture[str]) -
     assert exit_code in (0, 143), f"exit code {exit_code}:\n{running.logs()[-3000:]}"
     assert stop_s < grace_s
     assert "Application shutdown complete" in running.logs()
+
+
+# The soak (issue 25): mixed traffic against the container, under the manifest's 1 GiB limit.
+SOAK_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "memory_soak.py"
+# Bounded: this many requests, or this long, whichever comes first (loopback only).
+SOAK_REQUESTS = 3000
+SOAK_MAX_S = 900
+# The container's anonymous memory (the processes' heaps and arenas; no page cache), in bytes.
+ANON_MEMORY = "awk '$1 == \"anon\" {print $2}' /sys/fs/cgroup/memory.stat"
+
+
+def test_memory_stays_within_the_limit_and_flat_under_mixed_traffic(image: str, tmp_path: Path) -> None:
+    limit = container()["resources"]["limits"]["memory"]
+    assert limit == "1Gi", "the soak checks the deployment's limit; update it with the manifest"
+    running = start_container(image)
+    try:
+        summary_path = tmp_path / "soak.json"
+        rss = f"{docker_cli()} exec {running.name} sh -c {shlex.quote(ANON_MEMORY)}"
+        soak = subprocess.run(
+            [sys.executable, str(SOAK_SCRIPT), "--url", running.base_url, "--api-key", API_KEY,
+             "--rss-command", rss, "--requests", str(SOAK_REQUESTS), "--max-seconds", str(SOAK_MAX_S),
+             "--samples", "20", "--burst-every", "1000", "--max-rss-mb", "900", "--json", str(summary_path)],
+            capture_output=True, text=True, timeout=SOAK_MAX_S + 300, check=False,
+        )  # fmt: skip
+        oom_killed = running.inspect("{{.State.OOMKilled}}")
+        state = running.inspect("{{.State.Status}}")
+        logs = running.logs()
+    finally:
+        docker("rm", "--force", running.name, check=False)
+    print(soak.stdout[-4000:])
+    assert oom_killed == "false" and state == "running", f"{state}, OOM killed: {oom_killed}\n{logs[-3000:]}"
+    summary = json.loads(summary_path.read_text())
+    server_errors = {status: n for status, n in summary["statuses"].items() if int(status) >= 500}
+    assert not server_errors and not summary["connection_errors"], soak.stdout[-3000:]
+    assert not summary["rss_rising"], f"memory kept rising: {summary['curve']}"
+    assert summary["max_rss_mb"] <= 900, f"memory near the 1 GiB limit: {summary['curve']}"
+    assert soak.returncode == 0, soak.stdout[-3000:] + soak.stderr[-3000:]

@@ -263,3 +263,47 @@ async def test_a_calibrated_wait_is_one_fixed_cost_within_max_wait_ms() -> None:
     batcher.use_cost(BatchCost(fixed_s=0.5, per_token_s=1e-5))
     assert batcher.max_wait_s == pytest.approx(0.002)  # never longer than --max-wait-ms
     await batcher.stop()
+
+
+async def test_a_batch_over_the_memory_limit_is_split_and_every_row_answered() -> None:
+    from distilserve.models.memory import BatchMemoryEstimate
+
+    model = FakeModel()
+    batcher = make_batcher(model, max_wait_ms=0)
+    estimate = BatchMemoryEstimate(hidden_size=64)
+    batcher.use_memory_limit(estimate.batch_bytes(3, 100), estimate)
+    try:
+        model.release.clear()
+        blocker = asyncio.ensure_future(batcher.run_rows([row(4, tag=99)], far()))
+        await model.until_entered()
+        # Eight rows queue while the blocker runs: within the token limits one batch, but the
+        # memory limit holds three rows of 100 tokens.
+        waiting = asyncio.ensure_future(batcher.run_rows([row(100, tag=tag) for tag in range(8)], far()))
+        await until(lambda: batcher.queued_rows == 8, "eight rows queued")
+        model.release.set()
+        outputs, _ = await waiting, await blocker
+    finally:
+        await batcher.stop()
+    assert outputs == [(tag, 100) for tag in range(8)]
+    assert [len(batch) for batch in model.batches] == [1, 3, 3, 2]
+    split = batcher._metrics.registry.get_sample_value(
+        "distilserve_memory_split_batches_total", {"model": "fake"}
+    )
+    assert split == 2
+
+
+async def test_a_row_that_could_never_fit_the_memory_limit_is_refused_before_it_is_queued() -> None:
+    from distilserve.models.memory import BatchMemoryEstimate
+    from distilserve.server.batching import RowTooLargeForMemoryError
+
+    model = FakeModel()
+    batcher = make_batcher(model)
+    estimate = BatchMemoryEstimate(hidden_size=64)
+    batcher.use_memory_limit(estimate.row_bytes(100), estimate)
+    try:
+        assert await batcher.run_rows([row(100)], far()) == [(0, 100)]  # exactly fits
+        with pytest.raises(RowTooLargeForMemoryError, match="memory budget"):
+            await batcher.run_rows([row(10), row(101)], far())
+    finally:
+        await batcher.stop()
+    assert batcher.queued_rows == 0 and len(model.batches) == 1

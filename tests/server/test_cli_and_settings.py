@@ -125,3 +125,29 @@ def test_a_corrupted_bundle_is_refused_before_binding_with_one_line(
         "the file is corrupted or was changed"
     )
     assert record.exc_info is None
+
+
+@pytest.mark.parametrize("key", [" lead", "trail ", "\tboth\n"])
+def test_an_api_key_with_outer_whitespace_is_refused_from_the_flag_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    # HTTP trims header values, so no client could ever send such a key: every request would be 401.
+    with pytest.raises(ValidationError, match="must not start or end with whitespace"):
+        parse(["--api-key", key])
+    monkeypatch.setenv("DISTILSERVE_API_KEY", key)
+    with pytest.raises(ValidationError, match="must not start or end with whitespace"):
+        parse([])
+    assert parse(["--api-key", "inner space is fine"]).api_key is not None
+
+
+def test_the_memory_budget_is_the_flag_or_the_cgroup_limit_shared_by_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gib = 2**30
+    assert parse(["--memory-budget-mb", "700"]).memory_budget_bytes(lambda: gib) == 700 * 2**20
+    assert parse([]).memory_budget_bytes(lambda: gib) == gib
+    assert parse(["--workers", "2"]).memory_budget_bytes(lambda: gib) == gib // 2
+    assert parse([]).memory_budget_bytes(lambda: None) is None  # no limit anywhere: no budget
+    monkeypatch.setenv("DISTILSERVE_MEMORY_BUDGET_MB", "512")
+    assert parse([]).memory_budget_bytes(lambda: gib) == 512 * 2**20
+    assert parse(["--no-release-memory"]).release_memory is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -134,3 +135,37 @@ def test_the_keep_alive_timeout_outlasts_a_load_balancer(model_args: list[str]) 
     assert settings.keep_alive_timeout_s > 60
     app = build_app(settings, settings.model_specs)
     assert uvicorn_config(app, settings).timeout_keep_alive == settings.keep_alive_timeout_s
+
+
+def test_a_chunked_body_cut_short_by_a_half_close_is_answered_400(timeouts_server: LiveServer) -> None:
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with connect(timeouts_server) as sock:
+        sock.sendall(head + b"100\r\nabc")  # a 256-byte chunk announced, 3 bytes sent
+        sock.shutdown(socket.SHUT_WR)  # what `nc -N` does at the end of its input
+        status, headers, body = parse_response(read_until_closed(sock))
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert body["error"]["code"] == "incomplete_body"
+
+
+def test_a_10_mb_body_on_a_plain_socket_gets_its_413_before_the_close(model_args: list[str]) -> None:
+    settings = ServerSettings(model=model_args, warmup=False)
+    body = b"x" * (10 * 2**20)
+    head = CLASSIFY_HEAD.replace(b"Content-Length: 100", f"Content-Length: {len(body)}".encode())
+    with LiveServer(build_app(settings, settings.model_specs)) as server, connect(server) as sock:
+        sent: list[BaseException] = []
+
+        def send_all() -> None:
+            try:
+                sock.sendall(head + body)  # the whole body is on its way when the 413 is written
+            except OSError as exc:  # the server may close before the last bytes; that is fine
+                sent.append(exc)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        try:
+            raw = read_until_closed(sock)  # a reset would raise ConnectionResetError here
+        finally:
+            sender.join(WAIT_S)
+    status, headers, error = parse_response(raw)
+    assert status == 413 and headers["content-type"] == "application/json"
+    assert error["error"]["code"] == "body_too_large"

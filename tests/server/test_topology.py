@@ -13,7 +13,6 @@ from distilserve.server.app import build_app
 from distilserve.server.settings import ModelSpec
 from distilserve.server.topology import (
     MEMORY_HEADROOM,
-    cgroup_memory_limit,
     plan_topology,
     resolve_topology,
     worker_bytes_estimate,
@@ -87,23 +86,6 @@ def test_cpu_count_honours_the_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core: still one thread
     assert cpu_count(tmp_path) == 1
     assert cpu_count(tmp_path / "absent") == cpu_count()
-
-
-@pytest.mark.parametrize(
-    ("files", "expected"),
-    [
-        ({"memory.max": "1073741824\n"}, 1073741824),
-        ({"memory.max": "max\n"}, None),
-        ({"memory/memory.limit_in_bytes": "536870912\n"}, 536870912),
-        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),  # v1's "no limit"
-        ({}, None),
-    ],
-)
-def test_cgroup_memory_limit(tmp_path: Path, files: dict[str, str], expected: int | None) -> None:
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert cgroup_memory_limit(tmp_path) == expected
 
 
 def test_worker_estimate_grows_with_the_models(model_args: list[str]) -> None:

@@ -1,0 +1,44 @@
+"""The memory soak without Docker (issue 25): ``distilserve serve`` with the default models, under
+mixed traffic (long QA contexts, 64-text embedding requests, classification, bursts), its RSS
+recorded by ``scripts/memory_soak.py``; no 5xx, RSS within bounds and not rising. The docker
+suite runs the same script against the image under the deployment's 1 GiB limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "memory_soak.py"
+REQUESTS = 1500
+# The budget the server is given (as a 700 MiB cgroup limit would): its peak RSS must stay under
+# it. Issue 25's goal for RSS between bursts is 600 MB (main grew past 1.2 GB within 400 such
+# requests, and kept it).
+BUDGET_MB = 700
+MAX_RSS_MB = 600
+
+
+def test_rss_stays_bounded_and_flat_under_mixed_traffic(tmp_path: Path) -> None:
+    summary_path = tmp_path / "soak.json"
+    soak = subprocess.run(
+        [sys.executable, str(SCRIPT), "--serve", f"--serve-arg=--cache-dir={tmp_path / 'cache'}",
+         f"--serve-arg=--memory-budget-mb={BUDGET_MB}", "--serve-arg=--log-level=warning",
+         "--requests", str(REQUESTS), "--max-seconds", "900",
+         "--samples", "12", "--burst-every", "500", "--max-rss-mb", str(MAX_RSS_MB),
+         "--json", str(summary_path)],
+        capture_output=True, text=True, timeout=1500, check=False,
+    )  # fmt: skip
+    print(soak.stdout[-4000:])
+    summary = json.loads(summary_path.read_text())
+    assert summary["server_exited"] is None, soak.stderr[-3000:]
+    assert all(int(status) < 500 for status in summary["statuses"]), summary["statuses"]
+    assert not summary["connection_errors"], summary["connection_errors"]
+    assert summary["max_rss_mb"] <= MAX_RSS_MB, summary["curve"]
+    assert summary["peak_rss_mb"] <= BUDGET_MB, summary  # both in MiB
+    assert not summary["rss_rising"], summary["curve"]
+    assert soak.returncode == 0, soak.stdout[-3000:]
