@@ -18,7 +18,8 @@ from distilserve.server.classify.api_router import router as classify_router
 from distilserve.server.embed.api_router import router as embed_router
 from distilserve.server.errors import install_error_handlers
 from distilserve.server.metrics import ServerMetrics
-from distilserve.server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from distilserve.server.middleware import ArrivalMiddleware, BodyLimitMiddleware, ObservingMiddleware
+from distilserve.server.observer import build_observer
 from distilserve.server.qa.api_router import router as qa_router
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.routing import InferenceRoute
@@ -52,6 +53,9 @@ def build_app(
 ) -> FastAPI:
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
+    observer = build_observer(
+        metrics, settings.otlp_endpoint, settings.otlp_protocol, version=package_version("distilserve")
+    )
     policy = BatchPolicy(
         limits=BatchLimits(
             max_batch_size=settings.max_batch_size,
@@ -65,11 +69,11 @@ def build_app(
         specs,
         policy=policy,
         session_options=session_options(settings),
-        metrics=metrics,
+        observer=observer,
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
     )
-    services = Services.build(settings, registry, metrics)
+    services = Services.build(settings, registry, metrics, observer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,6 +85,7 @@ def build_app(
             # uvicorn has stopped accepting and drained admitted requests by the time we get here.
             await registry.stop()
             services.pipeline.close()
+            observer.close()  # the spans still queued leave now, within a bounded time
             logger.info("server stopped")
 
     # FastAPI's own documents are open; behind the key, or off, they are ours or none.
@@ -117,6 +122,11 @@ def build_app(
         max_body_bytes=settings.max_body_bytes,
         read_timeout_s=settings.body_read_timeout_s,
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(
+        ObservingMiddleware,
+        observer=observer,
+        timed_paths=app.state.admitted_paths,
+        access_log=settings.access_log,
+    )
     app.add_middleware(ArrivalMiddleware)  # outermost: added last
     return app

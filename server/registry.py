@@ -16,7 +16,7 @@ from distilserve.models.tasks import QAInput
 from distilserve.server import clock
 from distilserve.server.batching import BatchPolicy, DynamicBatcher
 from distilserve.server.errors import ApiError
-from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import Observer
 from distilserve.server.settings import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -54,14 +54,14 @@ class ModelRegistry:
         *,
         policy: BatchPolicy,
         session_options: SessionOptions,
-        metrics: ServerMetrics,
+        observer: Observer,
         warmup: bool = True,
         calibrate: bool = False,
     ) -> None:
         self.specs = list(specs)
         self.policy = policy
         self.session_options = session_options
-        self.metrics = metrics
+        self.observer = observer
         self.warmup = warmup
         self.calibrate = calibrate
         self.models: dict[str, ServedModel] = {}
@@ -75,12 +75,12 @@ class ModelRegistry:
         for spec in self.specs:
             started = time.perf_counter()
             runtime = await loop.run_in_executor(None, load_model, spec.bundle_dir, self.session_options)
-            batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.metrics)
+            batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.observer)
             batcher.start()
             served = ServedModel(spec.name, runtime, batcher)
             self.models[spec.name] = served
             manifest = runtime.manifest
-            self.metrics.model_info.labels(spec.name, manifest.task, manifest.quantization.mode).set(1)
+            self.observer.model_loaded(spec.name, manifest.task, manifest.quantization.mode)
             if self.warmup:
                 await self._warm_up(served)
             if self.calibrate:

@@ -16,6 +16,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from distilserve.server.auth import check_api_key
+from distilserve.server.observer import TRACE
 from distilserve.server.services import get_services
 
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -35,7 +36,7 @@ class KeyedRoute(APIRoute):
             check_api_key(request, services.settings.api_key)
             if not admitted:
                 return await handler(request)
-            with services.admission.admit():
+            with services.admission.admit(trace=request.scope.get("state", {}).get(TRACE)):
                 return await handler(request)
 
         return guarded

@@ -15,6 +15,7 @@ from distilserve.server.admission import Admission, RequestContext
 from distilserve.server.classify.serving import ClassifyService
 from distilserve.server.embed.serving import EmbedService
 from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import Observer
 from distilserve.server.pipeline import InferencePipeline
 from distilserve.server.qa.serving import AnswerService
 from distilserve.server.registry import ModelRegistry
@@ -27,6 +28,7 @@ class Services:
     settings: ServerSettings
     registry: ModelRegistry
     metrics: ServerMetrics
+    observer: Observer
     admission: Admission
     pipeline: InferencePipeline
     classify: ClassifyService
@@ -35,13 +37,16 @@ class Services:
     info: ServiceInfo
 
     @classmethod
-    def build(cls, settings: ServerSettings, registry: ModelRegistry, metrics: ServerMetrics) -> Services:
-        pipeline = InferencePipeline(settings, registry, metrics)
+    def build(
+        cls, settings: ServerSettings, registry: ModelRegistry, metrics: ServerMetrics, observer: Observer
+    ) -> Services:
+        pipeline = InferencePipeline(settings, registry, observer)
         return cls(
             settings=settings,
             registry=registry,
             metrics=metrics,
-            admission=Admission(settings, metrics),
+            observer=observer,
+            admission=Admission(settings, observer),
             pipeline=pipeline,
             classify=ClassifyService(pipeline),
             embed=EmbedService(pipeline),
