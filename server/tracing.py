@@ -51,6 +51,8 @@ from distilserve.server.observer import ENGINE, BatchReport, Observer, RequestTr
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "distilserve"
+# How long the server's shutdown waits for the export thread, then for a hung export.
+SHUTDOWN_WAIT_S = 5.0
 
 # Attribute names: the HTTP semantic conventions' where they have one, ``distilserve.*`` otherwise.
 MODEL = "distilserve.model"
@@ -130,15 +132,18 @@ class BoundedExportProcessor(SpanProcessor):
 
     def _export_all(self) -> None:
         with self._export_lock:
-            while self._queue:
-                count = min(len(self._queue), self.max_export_batch_size)
-                batch = [self._queue.popleft() for _ in range(count)]
-                try:
-                    result = self.exporter.export(batch)
-                except Exception:  # an exporter bug must not end the export thread
-                    result = SpanExportResult.FAILURE
-                if result is not SpanExportResult.SUCCESS:
-                    self._drop(len(batch), "export_failed")
+            self._export_queued()
+
+    def _export_queued(self) -> None:
+        while self._queue:
+            count = min(len(self._queue), self.max_export_batch_size)
+            batch = [self._queue.popleft() for _ in range(count)]
+            try:
+                result = self.exporter.export(batch)
+            except Exception:  # an exporter bug must not end the export thread
+                result = SpanExportResult.FAILURE
+            if result is not SpanExportResult.SUCCESS:
+                self._drop(len(batch), "export_failed")
 
     def _drop(self, spans: int, reason: str) -> None:
         self.dropped.labels(reason).inc(spans)
@@ -156,10 +161,16 @@ class BoundedExportProcessor(SpanProcessor):
         return True
 
     def shutdown(self) -> None:
+        """Export what is queued, within bounds: an export stuck on a dead collector is not
+        waited for beyond ``SHUTDOWN_WAIT_S`` (twice), and what it holds is lost."""
         self._stopping = True
         self._wake.set()
-        self._worker.join(timeout=5.0)
-        self._export_all()
+        self._worker.join(timeout=SHUTDOWN_WAIT_S)
+        if self._export_lock.acquire(timeout=SHUTDOWN_WAIT_S):
+            try:
+                self._export_queued()
+            finally:
+                self._export_lock.release()
         self.exporter.shutdown()
 
 
