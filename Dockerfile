@@ -35,6 +35,11 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 ARG GT_MINILM_VERSION=0.1.0
 # The sentiment and reader bundles come from model-zoo/ (shipped with the repository).
+# Extras of the runtime image, e.g. "otel" (OpenTelemetry tracing, --otlp-endpoint: +29 MB, most of
+# it grpcio). The default image carries none: it serves and exports Prometheus metrics, and
+# refuses DISTILSERVE_OTLP_ENDPOINT with a clear message (exit 2). deploy/docker-compose.yml
+# builds with "otel".
+ARG DISTILSERVE_EXTRAS=
 ARG DISTILSERVE_MODEL=all-minilm-l6-v2=/models/all-minilm-l6-v2,sst2-sentiment=/models/sst2-minilm-l3-int8,squad-reader=/models/squad-minilm-l3-int8
 
 # The wheelhouse as a stage, so that an online build needs no wheelhouse/ folder (BuildKit
@@ -103,6 +108,7 @@ FROM ${BASE_IMAGE} AS runtime
 
 ARG PIP_SOURCE
 ARG DISTILSERVE_MODEL
+ARG DISTILSERVE_EXTRAS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -110,8 +116,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/distilserve \
     PATH=/opt/distilserve/bin:${PATH}
 
-# The package without extras (onnxruntime, tokenizers, numpy, FastAPI, uvicorn, prometheus-client)
-# in its own virtual environment, compiled to bytecode here (the root filesystem is read-only at
+# The package without extras (onnxruntime, tokenizers, numpy, FastAPI, uvicorn, prometheus-client),
+# or with DISTILSERVE_EXTRAS (pinned in the same lock), in its own virtual environment, compiled to bytecode here (the root filesystem is read-only at
 # run time) and checked. Then what serving never loads goes, 38 MB of the environment's 235:
 # pip and setuptools (nothing installs at run time), the packages' test suites, ONNX Runtime's
 # offline tools (graph optimizer, quantizer: the export stage's work) and huggingface_hub's
@@ -121,7 +127,7 @@ RUN --mount=type=bind,from=export,source=/wheels,target=/wheels \
     --mount=type=bind,source=deploy/docker/requirements-runtime.txt,target=/requirements-runtime.txt \
     if [ "${PIP_SOURCE}" = wheelhouse ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
     && python3 -m venv /opt/distilserve \
-    && pip install -c /requirements-runtime.txt /wheels/distilserve-*.whl \
+    && pip install -c /requirements-runtime.txt "$(echo /wheels/distilserve-*.whl)${DISTILSERVE_EXTRAS:+[${DISTILSERVE_EXTRAS}]}" \
     && pip check \
     && pip uninstall --yes --quiet pip setuptools \
     && site_packages="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \

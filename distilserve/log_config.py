@@ -14,12 +14,24 @@ from typing import Any
 
 import orjson
 
+from distilserve.server.observer import REQUEST_ID
+
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "color_message",  # uvicorn repeats its message with ANSI colours
 }
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to the lines logged while a request's work runs (its X-Request-Id)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,6 +73,7 @@ def configure_logging(level: str = "info", *, json_format: bool = True) -> None:
     """Route the root logger (and uvicorn's) to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -86,7 +86,8 @@ lock() {
   REPORT_DIR=$(mktemp -d)
   local report_dir=$REPORT_DIR
   # pip's output (the build backend's warnings) only matters when it fails.
-  "$PYTHON" -m pip install --quiet --dry-run --ignore-installed --report "$report_dir/runtime.json" . \
+  # The otel extra too: an image built with DISTILSERVE_EXTRAS=otel is pinned by the same lock.
+  "$PYTHON" -m pip install --quiet --dry-run --ignore-installed --report "$report_dir/runtime.json" ".[otel]" \
     >"$report_dir/pip.log" 2>&1 || { cat "$report_dir/pip.log" >&2; exit 1; }
   "$PYTHON" -m pip install --quiet --dry-run --ignore-installed --report "$report_dir/export.json" \
     "$TORCH" ".[export]" "$GT_MINILM" "setuptools>=68" >"$report_dir/pip.log" 2>&1 \
@@ -97,7 +98,7 @@ import sys
 from pathlib import Path
 
 reports, out = Path(sys.argv[1]), Path(sys.argv[2])
-for name, what in (("runtime", "the runtime stage: the package without extras"),
+for name, what in (("runtime", "the runtime stage: the package and its otel extra"),
                    ("export", "the export stage: torch (CPU), the export extra, the MiniLM weights, setuptools")):
     report = json.loads((reports / f"{name}.json").read_text())
     # A local version label (torch's +cpu) is left out: ==2.13.0 matches the CPU index's 2.13.0+cpu.

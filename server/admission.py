@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
@@ -24,8 +25,8 @@ from fastapi import Request
 
 from distilserve.server import clock
 from distilserve.server.errors import ApiError
-from distilserve.server.metrics import ServerMetrics
 from distilserve.server.middleware import ARRIVED_AT
+from distilserve.server.observer import TRACE, Observer, RequestTrace
 from distilserve.server.settings import ServerSettings
 
 P = ParamSpec("P")
@@ -46,6 +47,7 @@ class RequestContext:
     deadline: float  # on clock.now()
     model: str = ""
     tokens: int = 0
+    trace: RequestTrace | None = None  # its stage timings and spans (distilserve.server.observer)
 
     def check_deadline(self, stage: str) -> None:
         """At a hand-off (before tokenization, before queueing, after post-processing): 504 once
@@ -57,11 +59,11 @@ class RequestContext:
 class Admission:
     """One per app: requests in flight, and the deadline each one gets."""
 
-    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(self, settings: ServerSettings, observer: Observer) -> None:
         self.max_requests = settings.max_queue_requests
         self.default_timeout_s = settings.request_timeout_s
         self.max_timeout_s = settings.max_request_timeout_s
-        self.metrics = metrics
+        self.observer = observer
         self.inflight = 0
 
     @property
@@ -69,14 +71,15 @@ class Admission:
         """Whether a request arriving now is refused (``distilserve.server.http_protocol`` asks it too)."""
         return self.inflight >= self.max_requests
 
-    def count_refusal(self, model: str = "") -> None:
-        self.metrics.rejected.labels(model, "queue_requests").inc()
+    def count_refusal(self, model: str = "", trace: RequestTrace | None = None) -> None:
+        self.observer.refused(trace, model, "queue_requests")
 
     @contextlib.contextmanager
-    def admit(self, model: str = "") -> Iterator[None]:
+    def admit(self, model: str = "", trace: RequestTrace | None = None) -> Iterator[None]:
         """Count a request as in flight, or refuse it with 429 when the server is full."""
+        started = time.perf_counter()
         if self.full:
-            self.count_refusal(model)
+            self.count_refusal(model, trace)
             raise ApiError(
                 429,
                 f"server is at capacity ({self.inflight} requests in flight); retry later",
@@ -84,12 +87,13 @@ class Admission:
                 headers={"Retry-After": RETRY_AFTER_S},
             )
         self.inflight += 1
-        self.metrics.inflight_requests.set(self.inflight)
+        self.observer.inflight_changed(self.inflight)
+        self.observer.admitted(trace, started, time.perf_counter())
         try:
             yield
         finally:
             self.inflight -= 1
-            self.metrics.inflight_requests.set(self.inflight)
+            self.observer.inflight_changed(self.inflight)
 
     def context_for(self, request: Request) -> RequestContext:
         """A context whose deadline is the request's arrival plus X-Request-Timeout (seconds) or the
@@ -109,8 +113,11 @@ class Admission:
                     param="X-Request-Timeout",
                 )
             timeout = min(timeout, self.max_timeout_s)
-        arrived = request.scope.get("state", {}).get(ARRIVED_AT)
-        return RequestContext(deadline=(clock.now() if arrived is None else arrived) + timeout)
+        state = request.scope.get("state", {})
+        arrived = state.get(ARRIVED_AT)
+        return RequestContext(
+            deadline=(clock.now() if arrived is None else arrived) + timeout, trace=state.get(TRACE)
+        )
 
 
 @runtime_checkable
@@ -161,7 +168,7 @@ def with_cancellation(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await work
-        admission.metrics.cancelled.labels(context.model).inc()
+        admission.observer.cancelled(context.trace, context.model)
         raise ClientDisconnectedError(request.url.path)
 
     return guarded

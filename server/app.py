@@ -20,8 +20,9 @@ from distilserve.server.middleware import (
     ArrivalMiddleware,
     BodyLimitMiddleware,
     DeadlineMiddleware,
-    RequestMetricsMiddleware,
+    ObservingMiddleware,
 )
+from distilserve.server.observer import build_observer
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.routing import InferenceRoute
 from distilserve.server.service.api_router import docs_router, health_router, info_router, metrics_router
@@ -63,6 +64,9 @@ def build_app(
 ) -> FastAPI:
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
+    observer = build_observer(
+        metrics, settings.otlp_endpoint, settings.otlp_protocol, version=package_version("distilserve")
+    )
     policy = BatchPolicy(
         limits=BatchLimits(
             max_batch_size=settings.max_batch_size,
@@ -76,13 +80,13 @@ def build_app(
         specs,
         policy=policy,
         session_options=session_options(settings),
-        metrics=metrics,
+        observer=observer,
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
         engine=settings.engine,
         memory_budget_bytes=settings.memory_budget_bytes(),
     )
-    services = Services.build(settings, registry, metrics, tasks, topology)
+    services = Services.build(settings, registry, metrics, observer, tasks, topology)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,6 +98,7 @@ def build_app(
             # uvicorn has stopped accepting and drained admitted requests by the time we get here.
             await registry.stop()
             services.pipeline.close()
+            observer.close()  # the spans still queued leave now, within a bounded time
             logger.info("server stopped")
 
     # FastAPI's own documents are open; behind the key, or off, they are ours or none.
@@ -133,7 +138,12 @@ def build_app(
         max_body_bytes=settings.max_body_bytes,
         read_timeout_s=settings.body_read_timeout_s,
     )
-    app.add_middleware(DeadlineMiddleware, metrics=metrics)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(DeadlineMiddleware, observer=observer)
+    app.add_middleware(
+        ObservingMiddleware,
+        observer=observer,
+        timed_paths=app.state.admitted_paths,
+        access_log=settings.access_log,
+    )
     app.add_middleware(ArrivalMiddleware)  # outermost: added last
     return app

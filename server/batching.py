@@ -34,7 +34,7 @@ from distilserve.models.batch_cost import BatchCost
 from distilserve.models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
 from distilserve.models.memory import BatchMemoryEstimate
 from distilserve.server import clock
-from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import BatchReport, Observer, RequestTrace
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,10 @@ class InferenceFailedError(Exception):
 
 
 class Job:
-    """The rows of one request for one model; ``future`` resolves to their outputs, in order."""
+    """The rows of one request for one model; ``future`` resolves to their outputs, in order.
+
+    Its times are ``time.perf_counter()`` seconds; ``trace`` is its request's (none for warm-up).
+    """
 
     __slots__ = (
         "cancelled",
@@ -98,16 +101,26 @@ class Job:
         "outputs",
         "remaining",
         "started",
+        "started_at",
+        "trace",
     )
 
-    def __init__(self, num_rows: int, deadline: float, future: asyncio.Future[list[Any]]) -> None:
+    def __init__(
+        self,
+        num_rows: int,
+        deadline: float,
+        future: asyncio.Future[list[Any]],
+        trace: RequestTrace | None = None,
+    ) -> None:
         self.outputs: list[Any] = [None] * num_rows
         self.remaining = num_rows
         self.deadline = deadline
         self.future = future
-        self.enqueued_at = time.monotonic()
+        self.enqueued_at = time.perf_counter()
         self.started = False
+        self.started_at = 0.0
         self.cancelled = False
+        self.trace = trace
 
     @property
     def finished(self) -> bool:
@@ -123,11 +136,11 @@ class QueuedRow:
 
 
 class DynamicBatcher:
-    def __init__(self, model: str, forward: ForwardFn, policy: BatchPolicy, metrics: ServerMetrics) -> None:
+    def __init__(self, model: str, forward: ForwardFn, policy: BatchPolicy, observer: Observer) -> None:
         self.model = model
         self.policy = policy
         self.forward = forward
-        self._metrics = metrics
+        self._observer = observer
         self._queue: list[QueuedRow] = []  # arrival order; the head is the oldest row
         self._queued_tokens = 0
         self._incoming = 0  # requests being tokenized for this model right now
@@ -152,7 +165,7 @@ class DynamicBatcher:
         not fit even alone is refused when it is queued (``RowTooLargeForMemoryError``)."""
         self.memory_limit_bytes = limit_bytes
         self.memory_estimate = estimate
-        self._metrics.batch_memory_limit.labels(self.model).set(limit_bytes)
+        self._observer.batch_memory_limit(self.model, limit_bytes)
 
     def use_cost(self, cost: BatchCost) -> None:
         """Plan with a calibrated cost: its fixed cost in tokens is the batch overhead, and an
@@ -168,12 +181,9 @@ class DynamicBatcher:
         self._report_costs()
 
     def _report_costs(self) -> None:
-        metrics = self._metrics
-        metrics.batch_overhead_tokens.labels(self.model).set(self.limits.batch_overhead_tokens)
-        metrics.batch_max_wait.labels(self.model).set(self.max_wait_s)
-        if self.cost is not None:
-            metrics.batch_fixed_cost.labels(self.model).set(self.cost.fixed_s)
-            metrics.batch_token_cost.labels(self.model).set(self.cost.per_token_s)
+        self._observer.batching_costs(
+            self.model, self.limits.batch_overhead_tokens, self.max_wait_s, self.cost
+        )
 
     # Lifecycle -------------------------------------------------------------------------------
 
@@ -228,8 +238,11 @@ class DynamicBatcher:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
-    async def run_rows(self, rows: Sequence[EncodedRow], deadline: float) -> list[Any]:
-        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``clock.now()``.
+    async def run_rows(
+        self, rows: Sequence[EncodedRow], deadline: float, trace: RequestTrace | None = None
+    ) -> list[Any]:
+        """Queue rows and wait for their outputs (in order). ``deadline`` is on ``clock.now()``;
+        ``trace`` gets the rows' queue and inference times.
 
         Raises QueueFullError (nothing queued), DeadlineExceededError, BatcherClosedError or
         InferenceFailedError. If the calling task is cancelled (the client left), the rows that
@@ -238,11 +251,11 @@ class DynamicBatcher:
         if self._closing:
             raise BatcherClosedError("server is shutting down")
         tokens = sum(len(row) for row in rows)
-        self._check_memory(rows)
+        self._check_memory(rows, trace)
         if self._queued_tokens and self._queued_tokens + tokens > self.policy.max_queue_tokens:
-            self._metrics.rejected.labels(self.model, "queue_tokens").inc()
+            self._observer.refused(trace, self.model, "queue_tokens")
             raise QueueFullError(self.model, self._queued_tokens, self.policy.max_queue_tokens)
-        job = Job(len(rows), deadline, asyncio.get_running_loop().create_future())
+        job = Job(len(rows), deadline, asyncio.get_running_loop().create_future(), trace)
         if not rows:
             return []
         self._queue.extend(QueuedRow(row, len(row), job, index) for index, row in enumerate(rows))
@@ -254,19 +267,19 @@ class DynamicBatcher:
         except TimeoutError:
             self._abandon(job)
             raise DeadlineExceededError(
-                f"deadline passed after {time.monotonic() - job.enqueued_at:.3f}s"
+                f"deadline passed after {time.perf_counter() - job.enqueued_at:.3f}s"
             ) from None
         except asyncio.CancelledError:
             self._abandon(job)
             raise
 
-    def _check_memory(self, rows: Sequence[EncodedRow]) -> None:
+    def _check_memory(self, rows: Sequence[EncodedRow], trace: RequestTrace | None) -> None:
         limit = self.memory_limit_bytes
         if limit is None or not rows:
             return
         width = max(len(row) for row in rows)
         if self.memory_estimate.rows_within(limit, width) < 1:
-            self._metrics.rejected.labels(self.model, "memory_budget").inc()
+            self._observer.refused(trace, self.model, "memory_budget")
             raise RowTooLargeForMemoryError(self.model, width, self.memory_estimate.row_bytes(width), limit)
 
     def _abandon(self, job: Job) -> None:
@@ -300,7 +313,7 @@ class DynamicBatcher:
         limits = self.limits
         if len(self._queue) >= limits.max_batch_size or self._queued_tokens >= limits.max_batch_tokens:
             return 0.0
-        waited = time.monotonic() - self._queue[0].job.enqueued_at
+        waited = time.perf_counter() - self._queue[0].job.enqueued_at
         return max(self.max_wait_s - waited, 0.0)
 
     def _drop_dead_rows(self) -> None:
@@ -319,7 +332,7 @@ class DynamicBatcher:
                 kept.append(queued)
         if dropped:
             self._queue = kept
-            self._metrics.skipped_rows.labels(self.model).inc(dropped)
+            self._observer.rows_skipped(self.model, dropped)
             self._update_depth()
 
     def _take_batch(self) -> list[QueuedRow]:
@@ -353,27 +366,35 @@ class DynamicBatcher:
         fitting = max(self.memory_estimate.rows_within(limit, group[-1].length), 1)
         if fitting >= len(group):
             return group
-        self._metrics.memory_split_batches.labels(self.model).inc()
+        self._observer.memory_split_batch(self.model)
         start = max(min(anchor, len(group) - fitting), 0)
         return group[start : start + fitting]
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[QueuedRow]) -> None:
-        now = time.monotonic()
+        observer = self._observer
+        now = time.perf_counter()
+        traces: list[RequestTrace] = []
         for queued in batch:
-            if not queued.job.started:
-                queued.job.started = True
-                self._metrics.queue_wait.labels(self.model).observe(now - queued.job.enqueued_at)
+            job = queued.job
+            if job.trace is not None and job.trace not in traces:  # a request's rows may be several
+                traces.append(job.trace)
+            if not job.started:
+                job.started = True
+                job.started_at = now
+                if job.trace is not None:
+                    job.trace.queue_s = now - job.enqueued_at
+                observer.queued(job.trace, self.model, job.enqueued_at, now)
         lengths = [queued.length for queued in batch]
-        padded = len(batch) * max(lengths)
-        self._metrics.batch_size.labels(self.model).observe(len(batch))
-        self._metrics.batch_tokens.labels(self.model).observe(padded)
-        self._metrics.padding_ratio.labels(self.model).observe(1.0 - sum(lengths) / padded)
+        report = BatchReport(self.model, len(batch), sum(lengths), len(batch) * max(lengths), traces)
+        observer.batch_planned(report)
         rows = [queued.row for queued in batch]
-        started = time.perf_counter()
         self._running = batch
+        error: Exception | None = None
+        started = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self.forward, rows)
         except Exception as exc:
+            error = exc
             logger.exception("batch failed", extra={"model": self.model, "rows": len(batch)})
             for queued in batch:
                 if not queued.job.finished:
@@ -381,7 +402,8 @@ class DynamicBatcher:
             return
         finally:
             self._running = []
-            self._metrics.inference.labels(self.model).observe(time.perf_counter() - started)
+            ended = time.perf_counter()
+            observer.batch_ran(report, started, ended, error)
         for queued, output in zip(batch, outputs, strict=True):
             job = queued.job
             if job.finished:
@@ -389,8 +411,9 @@ class DynamicBatcher:
             job.outputs[queued.position] = output
             job.remaining -= 1
             if job.remaining == 0:
+                if job.trace is not None:
+                    job.trace.inference_s = ended - job.started_at
                 job.future.set_result(job.outputs)
 
     def _update_depth(self) -> None:
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
-        self._metrics.queue_tokens.labels(self.model).set(self._queued_tokens)
+        self._observer.queue_changed(self.model, len(self._queue), self._queued_tokens)

@@ -45,8 +45,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from distilserve.server import clock
 from distilserve.server.admission import RETRY_AFTER_S, Admission
 from distilserve.server.errors import error_body
-from distilserve.server.metrics import ServerMetrics
 from distilserve.server.middleware import ARRIVED_AT
+from distilserve.server.observer import Observer
 
 LIVE_PATH = "/health/live"
 # Answered even over the connection limit: a liveness probe must not fail because of load.
@@ -119,7 +119,7 @@ class FastAnswers:
     admission: Admission
     admitted_paths: frozenset[str]
     api_key: bytes | None
-    metrics: ServerMetrics
+    observer: Observer
 
     def refusal(self, path: str, method: str, headers: list[tuple[bytes, bytes]]) -> bool:
         """True when this request gets the queue-full 429 without reaching the app."""
@@ -128,7 +128,7 @@ class FastAnswers:
         if self.api_key is not None and not self._has_key(headers):
             return False
         self.admission.count_refusal()
-        self.metrics.requests.labels("", path, "429").inc()
+        self.observer.answered_fast(path, 429)
         return True
 
     def _has_key(self, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -286,7 +286,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if path == LIVE_PATH.encode() and method == b"GET":
             answer = _raw_answer(200, "OK", LIVE_BODY, "", keep_alive=keep_alive)
             if self.fast_answers is not None:
-                self.fast_answers.metrics.requests.labels("", LIVE_PATH, "200").inc()
+                self.fast_answers.observer.answered_fast(LIVE_PATH, 200)
         elif self.fast_answers is not None and self.fast_answers.refusal(
             path.decode("ascii", "replace"), method.decode("ascii"), self.headers
         ):

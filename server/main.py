@@ -22,6 +22,7 @@ from distilserve.models.export.default_model import (
 )
 from distilserve.server.app import build_app
 from distilserve.server.http_protocol import FastAnswers, guarded_protocol
+from distilserve.server.observer import TracingUnavailableError, check_tracing_installed, resolve_endpoint
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.services import Services
 from distilserve.server.settings import ModelSpec, ServerSettings
@@ -122,7 +123,7 @@ def fast_answers(app: ASGIApp) -> FastAnswers | None:
         admission=services.admission,
         admitted_paths=admitted_paths,
         api_key=None if api_key is None else api_key.get_secret_value().encode(),
-        metrics=services.metrics,
+        observer=services.observer,
     )
 
 
@@ -140,7 +141,7 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None =
         ),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_config=None,  # keep the structured logging the CLI configured
-        access_log=False,  # RequestMetricsMiddleware logs requests, when asked to
+        access_log=False,  # ObservingMiddleware logs requests, when asked to
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         lifespan="on",
     )
@@ -153,7 +154,9 @@ def run(settings: ServerSettings) -> int:
         # (a traceback and exit 3): the manifest, every listed file inside the folder, and hashes.
         for spec in specs:
             load_manifest(spec.bundle_dir)
-    except DistilserveError as exc:
+        if resolve_endpoint(settings.otlp_endpoint, settings.otlp_protocol) is not None:
+            check_tracing_installed()
+    except (DistilserveError, TracingUnavailableError, ValueError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
     if not specs:

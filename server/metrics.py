@@ -213,6 +213,13 @@ class ServerMetrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.dropped_spans = Counter(
+            "distilserve_dropped_spans",
+            "Trace spans dropped: the export queue was full (queue_full) or the export failed "
+            "(export_failed). Only with tracing on (--otlp-endpoint).",
+            ["reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "distilserve_model_info",
             "Served models (value 1), with their task, quantization and engine.",

@@ -9,7 +9,9 @@
 - ``DeadlineMiddleware`` answers 504 instead of a success whose deadline passed after the last
   check in the pipeline (building and serialising the response, and waiting for the event loop
   under load, happen after it): a client never gets a 200 later than it asked.
-- ``RequestMetricsMiddleware`` counts every answer by model, route and status, and times it.
+- ``ObservingMiddleware`` starts every request's ``RequestTrace`` (its id, its stage timings)
+  and reports its arrival and answer to the app's observer (metrics, traces), and writes the
+  ``X-Request-Id`` and timing headers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -24,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distilserve.server import clock
 from distilserve.server.errors import error_body
-from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import REQUEST_ID, TRACE, Observer, RequestTrace
 
 logger = logging.getLogger("distilserve.access")
 
@@ -124,9 +127,9 @@ class DeadlineMiddleware:
     """The last deadline check, as the response starts: a success that is already late is
     replaced by the same 504 the pipeline answers (``deadline_exceeded``) and its body dropped."""
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+    def __init__(self, app: ASGIApp, observer: Observer) -> None:
         self.app = app
-        self.metrics = metrics
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,7 +148,7 @@ class DeadlineMiddleware:
                     replaced = True
                     model = getattr(context, "model", "") or ""
                     if model:
-                        self.metrics.timed_out.labels(model).inc()
+                        self.observer.timed_out(scope.get("state", {}).get(TRACE), model)
                     body = orjson.dumps(
                         error_body(
                             504, "request deadline exceeded before the answer was sent", "deadline_exceeded"
@@ -168,48 +171,107 @@ class DeadlineMiddleware:
         await self.app(scope, receive, checked_send)
 
 
-class RequestMetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, *, access_log: bool = False) -> None:
+class ObservingMiddleware:
+    """Every request's arrival and answer, to the app's observer (``distilserve.server.observer``).
+
+    It makes the request's ``RequestTrace`` (its id: ``X-Request-Id`` echoed, or generated), puts
+    it in the request's state, where admission and the pipeline find it, and sets the id for the
+    request's log lines. On the answer it adds ``X-Request-Id`` to every response, and TEI's timing
+    headers to those of the inference routes (``timed_paths``): milliseconds from arrival to the
+    answer (``X-Total-Time``), tokenizing, queued before the first batch and from the first batch
+    to the last row (``X-Queue-Time`` + ``X-Inference-Time`` <= ``X-Total-Time``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        observer: Observer,
+        *,
+        timed_paths: frozenset[str] = frozenset(),
+        access_log: bool = False,
+    ) -> None:
         self.app = app
-        self.metrics = metrics
+        self.observer = observer
+        self.timed_paths = timed_paths
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        arrived = time.perf_counter()
+        trace = RequestTrace(_request_id(scope["headers"]), arrived)
+        scope.setdefault("state", {})[TRACE] = trace
+        token = REQUEST_ID.set(trace.request_id)
+        self.observer.request_arrived(trace, scope)
+        timed = scope["path"] in self.timed_paths
         status = 500
 
-        async def recording_send(message: Message) -> None:
+        async def observing_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                headers = [*message.get("headers", ()), (b"x-request-id", trace.request_id.encode())]
+                if timed:
+                    headers.extend(timing_headers(trace, time.perf_counter()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, receive, observing_send)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            ended = time.perf_counter()
+            route: Any = scope.get("route")
+            # Label by route template, never by raw path: unknown paths would grow label sets forever.
+            route_label = getattr(route, "path", None) or "unmatched"
+            self.observer.answered(trace, route_label, status, ended)
+            if self.access_log:
+                logger.info(
+                    "request",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "route": route_label,
+                        "model": trace.model,
+                        "status": status,
+                        "duration_ms": round((ended - arrived) * 1000, 3),
+                        "tokens": trace.tokens,
+                    },
+                )
+            REQUEST_ID.reset(token)
 
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        route: Any = scope.get("route")
-        # Label by route template, never by raw path: unknown paths would grow label sets forever.
-        route_label = getattr(route, "path", None) or "unmatched"
-        context = scope.get("state", {}).get("context")
-        model = getattr(context, "model", "") or ""
-        self.metrics.requests.labels(model, route_label, str(status)).inc()
-        self.metrics.request_latency.labels(model, route_label).observe(elapsed)
-        if self.access_log:
-            logger.info(
-                "request",
-                extra={
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                    "route": route_label,
-                    "model": model,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "tokens": getattr(context, "tokens", 0),
-                },
-            )
+
+TIMING_HEADERS = {
+    "x-total-time": "milliseconds from the request's arrival to its answer",
+    "x-tokenization-time": "milliseconds spent tokenizing the request",
+    "x-queue-time": "milliseconds the request's rows waited for their first batch",
+    "x-inference-time": "milliseconds from the request's first batch to its last row computed",
+    "x-request-id": "the request's X-Request-Id, or one generated for it",
+}
+
+
+def _milliseconds(seconds: float) -> bytes:
+    # Floored to the microsecond, so that the parts never add up to more than the total.
+    return b"%d.%03d" % divmod(int(seconds * 1_000_000), 1000)
+
+
+def timing_headers(trace: RequestTrace, now: float) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-total-time", _milliseconds(now - trace.arrived)),
+        (b"x-tokenization-time", _milliseconds(trace.tokenization_s)),
+        (b"x-queue-time", _milliseconds(trace.queue_s)),
+        (b"x-inference-time", _milliseconds(trace.inference_s)),
+    ]
+
+
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token (visible ASCII, at most 128), else new."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(0x21 <= byte <= 0x7E for byte in value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex

@@ -38,7 +38,7 @@ from distilserve.server.batching import (
     RowTooLargeForMemoryError,
 )
 from distilserve.server.errors import ApiError
-from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import Observer
 from distilserve.server.registry import ModelRegistry, ServedModel
 from distilserve.server.settings import ServerSettings
 
@@ -52,11 +52,11 @@ class ItemResults:
 class InferencePipeline:
     """One per app: the limits per request, the CPU pool, and the way to every model's batcher."""
 
-    def __init__(self, settings: ServerSettings, registry: ModelRegistry, metrics: ServerMetrics) -> None:
+    def __init__(self, settings: ServerSettings, registry: ModelRegistry, observer: Observer) -> None:
         self.max_items_per_request = settings.max_items_per_request
         self.max_chars_per_item = settings.max_chars_per_item
         self.registry = registry
-        self.metrics = metrics
+        self.observer = observer
         self.cpu_threads = settings.cpu_threads
         self.tokenize_inline_chars = settings.tokenize_inline_chars
         self.coalesce_tokenization = settings.coalesce_tokenization
@@ -108,43 +108,64 @@ class InferencePipeline:
         loop = asyncio.get_running_loop()
         runtime = served.runtime
         lane = self.lane(served.name)
+        observer = self.observer
+        trace = context.trace
         context.model = served.name
+        if trace is not None:
+            trace.model, trace.task, trace.items = served.name, served.task, len(items)
         # The deadline counts from arrival and is checked at each hand-off: reading and parsing the
         # body, the CPU pool's queue and post-processing can all outlast it, not only the batch.
         self._check_deadline(context, "before tokenization")
         with served.batcher.incoming():
             started = time.perf_counter()
+            error: BaseException | None = None
             try:
                 prepared = await self._prepare(served, items, params, param)
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                self.metrics.tokenization.labels(served.name).observe(time.perf_counter() - started)
+                ended = time.perf_counter()
+                if trace is not None:
+                    trace.tokenization_s = ended - started
+                observer.tokenized(trace, served.name, started, ended, error)
         rows = [row for item in prepared for row in item.rows]
         context.tokens = sum(item.num_tokens for item in prepared)
+        if trace is not None:
+            trace.tokens = context.tokens
         self._check_deadline(context, "before its rows were queued")
         try:
-            outputs = await served.batcher.run_rows(rows, context.deadline)
+            outputs = await served.batcher.run_rows(rows, context.deadline, trace)
         except RowTooLargeForMemoryError as exc:
             raise ApiError(413, str(exc), code="memory_budget_exceeded", param=param) from exc
         except QueueFullError as exc:
             raise ApiError(429, str(exc), code="queue_full", headers={"Retry-After": RETRY_AFTER_S}) from exc
         except DeadlineExceededError as exc:
-            self.metrics.timed_out.labels(served.name).inc()
+            observer.timed_out(trace, served.name)
             raise ApiError(504, f"request deadline exceeded: {exc}", code="deadline_exceeded") from exc
         except BatcherClosedError as exc:
             raise ApiError(503, str(exc), code="shutting_down") from exc
         except InferenceFailedError as exc:
             raise ApiError(500, str(exc), code="inference_failed") from exc
-        per_item: list[list[Any]] = []
-        offset = 0
-        for item in prepared:
-            per_item.append(outputs[offset : offset + len(item.rows)])
-            offset += len(item.rows)
-        if len(items) == 1:
-            # One small item: post-processing is microseconds, cheaper than a thread hop.
-            results = [runtime.finish(prepared[0], per_item[0], params)]
-        else:
-            results = await loop.run_in_executor(lane, _finish_all, runtime, prepared, per_item, params)
-        self._check_deadline(context, "during post-processing")
+        started = time.perf_counter()
+        error = None
+        try:
+            per_item: list[list[Any]] = []
+            offset = 0
+            for item in prepared:
+                per_item.append(outputs[offset : offset + len(item.rows)])
+                offset += len(item.rows)
+            if len(items) == 1:
+                # One small item: post-processing is microseconds, cheaper than a thread hop.
+                results = [runtime.finish(prepared[0], per_item[0], params)]
+            else:
+                results = await loop.run_in_executor(lane, _finish_all, runtime, prepared, per_item, params)
+            self._check_deadline(context, "during post-processing")
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observer.finished(trace, started, time.perf_counter(), error)
         return ItemResults(results=results, tokens=context.tokens)
 
     async def run_texts(
@@ -184,7 +205,7 @@ class InferencePipeline:
         try:
             context.check_deadline(stage)
         except ApiError:
-            self.metrics.timed_out.labels(context.model).inc()
+            self.observer.timed_out(context.trace, context.model)
             raise
 
     def close(self) -> None:

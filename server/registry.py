@@ -17,7 +17,7 @@ from distilserve.models.memory import DEFAULT_HIDDEN_SIZE, BatchMemoryEstimate, 
 from distilserve.server import clock
 from distilserve.server.batching import BatchPolicy, DynamicBatcher
 from distilserve.server.errors import ApiError
-from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import Observer
 from distilserve.server.settings import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ModelRegistry:
         *,
         policy: BatchPolicy,
         session_options: SessionOptions,
-        metrics: ServerMetrics,
+        observer: Observer,
         warmup: bool = True,
         calibrate: bool = False,
         engine: EngineChoice = "auto",
@@ -64,7 +64,7 @@ class ModelRegistry:
         self.specs = list(specs)
         self.policy = policy
         self.session_options = session_options
-        self.metrics = metrics
+        self.observer = observer
         self.warmup = warmup
         self.calibrate = calibrate
         self.engine = engine
@@ -81,15 +81,13 @@ class ModelRegistry:
             started = time.perf_counter()
             load = functools.partial(load_model, spec.bundle_dir, self.session_options, engine=self.engine)
             runtime = await loop.run_in_executor(None, load)
-            batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.metrics)
+            batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.observer)
             batcher.start()
             served = ServedModel(spec.name, runtime, batcher)
             self.models[spec.name] = served
             manifest = runtime.manifest
             selection = runtime.selection
-            self.metrics.model_info.labels(
-                spec.name, manifest.task, manifest.quantization.mode, selection.engine
-            ).set(1)
+            self.observer.model_loaded(spec.name, manifest.task, manifest.quantization.mode, selection.engine)
             if self.warmup:
                 await self._warm_up(served)
             if self.calibrate:
@@ -116,7 +114,7 @@ class ModelRegistry:
         budget = self.memory_budget_bytes
         if budget is None or not self.models:
             return
-        self.metrics.memory_budget.set(budget)
+        self.observer.memory_budget(budget)
         loaded = resident_bytes() or 0
         share = max(int(budget * BATCH_MEMORY_SHARE) - loaded, 0) // len(self.models)
         for served in self.models.values():

@@ -16,6 +16,8 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from distilserve.server.auth import check_api_key
+from distilserve.server.middleware import TIMING_HEADERS
+from distilserve.server.observer import TRACE
 from distilserve.server.services import services_of
 
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -35,13 +37,31 @@ class KeyedRoute(APIRoute):
             check_api_key(request, services.settings.api_key)
             if not admitted:
                 return await handler(request)
-            with services.admission.admit():
+            with services.admission.admit(trace=request.scope.get("state", {}).get(TRACE)):
                 return await handler(request)
 
         return guarded
 
 
 class InferenceRoute(KeyedRoute):
-    """The key, then admission (429 over ``max_queue_requests`` in flight), before the body."""
+    """The key, then admission (429 over ``max_queue_requests`` in flight), before the body.
+
+    Every answer of an inference route carries the timing headers and ``X-Request-Id``
+    (``distilserve.server.middleware.ObservingMiddleware``); its OpenAPI responses say so.
+    """
 
     admitted = True
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        responses: dict[int | str, dict[str, Any]] = dict(kwargs.pop("responses", None) or {})
+        for status in {200, *responses}:
+            response = dict(responses.get(status, {}))
+            response["headers"] = {**TIMING_HEADERS_SCHEMA, **response.get("headers", {})}
+            responses[status] = response
+        super().__init__(path, endpoint, responses=responses, **kwargs)
+
+
+TIMING_HEADERS_SCHEMA = {
+    name: {"description": description, "schema": {"type": "string"}}
+    for name, description in TIMING_HEADERS.items()
+}

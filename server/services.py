@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 
 from distilserve.server.admission import Admission, RequestContext
 from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import Observer
 from distilserve.server.pipeline import InferencePipeline
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.service.serving import ServiceInfo
@@ -41,6 +42,7 @@ class Services:
     settings: ServerSettings
     registry: ModelRegistry
     metrics: ServerMetrics
+    observer: Observer
     admission: Admission
     pipeline: InferencePipeline
     info: ServiceInfo
@@ -53,15 +55,17 @@ class Services:
         settings: ServerSettings,
         registry: ModelRegistry,
         metrics: ServerMetrics,
+        observer: Observer,
         tasks: Sequence[ServerTask] = (),
         topology: Topology | None = None,
     ) -> Services:
-        pipeline = InferencePipeline(settings, registry, metrics)
+        pipeline = InferencePipeline(settings, registry, observer)
         return cls(
             settings=settings,
             registry=registry,
             metrics=metrics,
-            admission=Admission(settings, metrics),
+            observer=observer,
+            admission=Admission(settings, observer),
             pipeline=pipeline,
             info=ServiceInfo(settings, registry, topology or single_process(settings)),
             task_services={task.service: task.service(pipeline) for task in tasks},

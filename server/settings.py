@@ -286,6 +286,24 @@ class ServerSettings(BaseSettings):
             "then is answered 503 shutting_down"
         ),
     )
+    # Tracing.
+    otlp_endpoint: str | None = Field(
+        None,
+        description=(
+            "send OpenTelemetry traces (a span tree per request, a span per batch) to this OTLP "
+            "collector, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318 (HTTP); unset: "
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, or no tracing; needs "
+            "the otel extra"
+        ),
+    )
+    otlp_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        None,
+        description=(
+            "the OTLP transport; unset: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL, "
+            "else grpc"
+        ),
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["json", "text"] = Field("json", description="log format")
     access_log: bool = Field(False, description="log one line per request")

@@ -381,7 +381,21 @@ def test_prometheus_config_scrapes_the_compose_service() -> None:
 
 def test_compose_file_matches_the_compose_spec_and_mounts_files_that_exist() -> None:
     compose = load_all(DEPLOY / "docker-compose.yml")[0]
-    assert set(compose["services"]) == {"distilserve", "prometheus", "grafana"}
+    services = compose["services"]
+    assert {name for name, service in services.items() if "profiles" not in service} == {
+        "distilserve",
+        "prometheus",
+        "grafana",
+    }
+    # `--profile tracing`: the collector beside the compose file, and Jaeger behind it.
+    assert {name for name, service in services.items() if service.get("profiles") == ["tracing"]} == {
+        "otel-collector",
+        "jaeger",
+    }
+    collector = load_all(DEPLOY / "otel-collector.yml")[0]
+    assert set(collector["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
+    assert "otlp/jaeger" in collector["service"]["pipelines"]["traces"]["exporters"]
+    assert services["distilserve"]["build"]["args"]["DISTILSERVE_EXTRAS"] == "otel"
     assert (DEPLOY / compose["services"]["distilserve"]["build"]["context"] / "Dockerfile").is_file()
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
@@ -418,6 +432,10 @@ def test_grafana_provisioning_and_dashboard() -> None:
     text = "\n".join(exprs)
     assert re.search(r"histogram_quantile\(0\.99, .*distilserve_request_duration_seconds_bucket", text)
     for needed in (
+        "distilserve_tokenization_seconds_bucket",
+        "distilserve_queue_wait_seconds_bucket",
+        "distilserve_inference_seconds_bucket",
+        "distilserve_dropped_spans_total",
         "distilserve_requests_total",
         "distilserve_queue_depth",
         "distilserve_batch_size",

@@ -19,6 +19,7 @@ from distilserve.server.batching import (
     QueueFullError,
 )
 from distilserve.server.metrics import ServerMetrics
+from distilserve.server.observer import PrometheusObserver
 from tests.server.conftest import WAIT_S, until
 
 
@@ -54,8 +55,14 @@ class FakeModel:
             raise AssertionError("no batch reached the model")
 
 
+def metrics_of(batcher: DynamicBatcher) -> ServerMetrics:
+    observer = batcher._observer
+    assert isinstance(observer, PrometheusObserver)
+    return observer.metrics
+
+
 def skipped_rows(batcher: DynamicBatcher) -> float:
-    value = batcher._metrics.registry.get_sample_value("distilserve_skipped_rows_total", {"model": "fake"})
+    value = metrics_of(batcher).registry.get_sample_value("distilserve_skipped_rows_total", {"model": "fake"})
     return 0.0 if value is None else value
 
 
@@ -67,7 +74,7 @@ def make_batcher(
     **limits: int,
 ) -> DynamicBatcher:
     policy = BatchPolicy(BatchLimits(**limits), max_wait_ms=max_wait_ms, max_queue_tokens=max_queue_tokens)
-    batcher = DynamicBatcher("fake", model, policy, ServerMetrics())
+    batcher = DynamicBatcher("fake", model, policy, PrometheusObserver(ServerMetrics()))
     batcher.start()
     return batcher
 
@@ -251,7 +258,7 @@ async def test_the_planner_uses_the_calibrated_fixed_cost() -> None:
 
 async def test_a_calibrated_wait_is_one_fixed_cost_within_max_wait_ms() -> None:
     batcher = make_batcher(FakeModel(), max_wait_ms=2.0)
-    registry = batcher._metrics.registry
+    registry = metrics_of(batcher).registry
     assert registry.get_sample_value("distilserve_batch_overhead_tokens", {"model": "fake"}) == 32
     assert registry.get_sample_value("distilserve_batch_fixed_cost_seconds", {"model": "fake"}) is None
     batcher.use_cost(BatchCost(fixed_s=0.0005, per_token_s=1e-5))
