@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,8 +34,11 @@ MANIFEST_NAME = "distilserve.json"
 MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
 
-Task = Literal["text-classification", "question-answering", "feature-extraction"]
-TASKS: tuple[Task, ...] = ("text-classification", "question-answering", "feature-extraction")
+# The tasks a manifest may name: the bundle format's vocabulary. Each has its declaration
+# (processor, export head, samples, agreement metrics) in ``models/tasks/<task>.py``, registered
+# once in ``models/tasks/__init__.py`` (docs/architecture.md, "Adding a task").
+Task = Literal["text-classification", "question-answering", "feature-extraction", "rerank"]
+TASKS: tuple[Task, ...] = get_args(Task)
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 Pooling = Literal["mean", "cls"]
 

@@ -21,6 +21,7 @@ from tokenizers import Encoding, Tokenizer
 MAX_CACHED_SETTINGS = 8
 
 TruncationStrategy = Literal["longest_first", "only_first", "only_second"]
+TruncationDirection = Literal["left", "right"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class TruncationConfig:
     max_length: int | None = None
     stride: int = 0
     strategy: TruncationStrategy = "longest_first"
+    # Which end of a text loses its tokens: "right" keeps the beginning (the default), "left" the end.
+    direction: TruncationDirection = "right"
 
 
 class ThreadSafeTokenizer:
@@ -68,7 +71,10 @@ class ThreadSafeTokenizer:
                 tokenizer.no_truncation()
             else:
                 tokenizer.enable_truncation(
-                    truncation.max_length, stride=truncation.stride, strategy=truncation.strategy
+                    truncation.max_length,
+                    stride=truncation.stride,
+                    strategy=truncation.strategy,
+                    direction=truncation.direction,
                 )
             cache[truncation] = tokenizer
         return tokenizer
@@ -84,9 +90,13 @@ class ThreadSafeTokenizer:
         return self._tokenizer(truncation).encode(text, pair, add_special_tokens=True)
 
     def encode_batch(
-        self, texts: Sequence[str], *, truncation: TruncationConfig = TruncationConfig()
+        self,
+        texts: Sequence[str] | Sequence[tuple[str, str]],
+        *,
+        truncation: TruncationConfig = TruncationConfig(),
     ) -> list[Encoding]:
-        """Encode several single texts in one call (the same encodings as ``encode`` one by one)."""
+        """Encode several texts, or several (text, pair) tuples, in one call (the same encodings as
+        ``encode`` one by one)."""
         encodings: list[Encoding] = self._tokenizer(truncation).encode_batch(
             list(texts), add_special_tokens=True
         )

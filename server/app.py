@@ -14,25 +14,22 @@ from distilserve.models.batching import BatchLimits
 from distilserve.models.session import cpu_count
 from distilserve.server.admission import ClientDisconnectedError
 from distilserve.server.batching import BatchPolicy
-from distilserve.server.classify.api_router import router as classify_router
-from distilserve.server.embed.api_router import router as embed_router
 from distilserve.server.errors import install_error_handlers
 from distilserve.server.metrics import ServerMetrics
 from distilserve.server.middleware import ArrivalMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
-from distilserve.server.qa.api_router import router as qa_router
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.routing import InferenceRoute
 from distilserve.server.service.api_router import docs_router, health_router, info_router, metrics_router
 from distilserve.server.service.serving import package_version
-from distilserve.server.services import Services
+from distilserve.server.services import ServerTask, Services
 from distilserve.server.settings import ModelSpec, ServerSettings
+from distilserve.server.tasks import SERVER_TASKS
 
 logger = logging.getLogger(__name__)
 
+# Every task's routes (``server/tasks.py``), then the service routes.
 ROUTERS: tuple[APIRouter, ...] = (
-    classify_router,
-    qa_router,
-    embed_router,
+    *(task.router for task in SERVER_TASKS),
     info_router,
     health_router,
     metrics_router,
@@ -48,7 +45,10 @@ def session_options(settings: ServerSettings) -> SessionOptions:
 
 
 def build_app(
-    settings: ServerSettings, specs: Sequence[ModelSpec], routers: Sequence[APIRouter] = ROUTERS
+    settings: ServerSettings,
+    specs: Sequence[ModelSpec],
+    routers: Sequence[APIRouter] = ROUTERS,
+    tasks: Sequence[ServerTask] = SERVER_TASKS,
 ) -> FastAPI:
     """An app serving ``specs``; models load (and warm up) in the lifespan, before it reports ready."""
     metrics = ServerMetrics()
@@ -69,7 +69,7 @@ def build_app(
         warmup=settings.warmup,
         calibrate=settings.calibrate_batching,
     )
-    services = Services.build(settings, registry, metrics)
+    services = Services.build(settings, registry, metrics, tasks)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

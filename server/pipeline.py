@@ -19,7 +19,6 @@ coalescing, the whole group's texts in one call).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from typing import Any
 from distilserve.models import ModelRuntime
 from distilserve.models.bundle import Task
 from distilserve.models.errors import InputError
-from distilserve.models.tasks import Prepared, QAInput
+from distilserve.models.tasks import Prepared
 from distilserve.server.admission import RETRY_AFTER_S, RequestContext
 from distilserve.server.batching import (
     BatcherClosedError,
@@ -165,7 +164,7 @@ class InferencePipeline:
     ) -> list[Prepared]:
         """Tokenize on the loop, in a coalesced group, or alone on the lane (see the module doc)."""
         inline = self.tokenize_inline_chars
-        if inline and len(items) == 1 and _item_chars(items[0]) <= inline:
+        if inline and len(items) == 1 and served.runtime.processor.item_chars(items[0]) <= inline:
             return _prepare_all(served.runtime, items, params, param, self.tokenize_batch)
         if self.coalesce_tokenization:
             coalescer = self._coalescers.get(served.name)
@@ -294,15 +293,6 @@ def _deliver(
             future.set_exception(result)
         else:
             future.set_result(result)
-
-
-def _item_chars(item: Any) -> int:
-    """Characters of an item, to decide whether tokenizing it on the loop is cheap."""
-    if isinstance(item, str):
-        return len(item)
-    if isinstance(item, QAInput):
-        return len(item.question) + len(item.context)
-    return sys.maxsize
 
 
 def _prepare_all(

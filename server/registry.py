@@ -7,12 +7,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from distilserve.models import ModelRuntime, SessionOptions, load_model
 from distilserve.models.batch_cost import BatchCost, BatchTiming, calibrate_batch_cost
 from distilserve.models.bundle import Task
-from distilserve.models.tasks import QAInput
 from distilserve.server import clock
 from distilserve.server.batching import BatchPolicy, DynamicBatcher
 from distilserve.server.errors import ApiError
@@ -21,9 +19,6 @@ from distilserve.server.settings import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-# A short sentence per task, run once per model before the server reports ready, so the first
-# real request does not pay for ONNX Runtime's lazy initialisation.
-WARMUP_TEXT = "Warm-up sentence for the model."
 # Timings that fit badly are timed again this many times in all before the constants stay.
 CALIBRATION_ATTEMPTS = 3
 
@@ -98,10 +93,9 @@ class ModelRegistry:
         self.ready = True
 
     async def _warm_up(self, served: ServedModel) -> None:
-        item: Any = WARMUP_TEXT
-        if served.task == "question-answering":
-            item = QAInput(question="What is this?", context=WARMUP_TEXT)
-        prepared = served.runtime.prepare(item)
+        # One item of the task's own kind (``TaskProcessor.warmup_item``), run before the server
+        # reports ready, so the first real request does not pay for ONNX Runtime's lazy start.
+        prepared = served.runtime.prepare(served.runtime.processor.warmup_item())
         await served.batcher.run_rows(prepared.rows, deadline=clock.now() + 60.0)
 
     async def _calibrate(self, served: ServedModel) -> None:

@@ -1,25 +1,38 @@
-"""The objects every route shares, built once per app, and the one dependency that reaches them.
+"""The objects every route shares, built once per app, and the dependencies that reach them.
 
 ``build_app`` makes one ``Services`` and stores it on ``app.state.services``; routes declare
-``services: ServicesDep`` (and ``context: ContextDep``) instead of reading ``app.state``.
+``services: ServicesDep`` (and ``context: ContextDep``) instead of reading ``app.state``; a task's
+routes reach their service with ``services.service(TheirService)``.
+
+A task's server side is its folder (``protocol.py``, ``serving.py``, ``api_router.py``) and one
+``ServerTask`` (its router and its service class) listed in ``distilserve.server.tasks``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from distilserve.server.admission import Admission, RequestContext
-from distilserve.server.classify.serving import ClassifyService
-from distilserve.server.embed.serving import EmbedService
 from distilserve.server.metrics import ServerMetrics
 from distilserve.server.pipeline import InferencePipeline
-from distilserve.server.qa.serving import AnswerService
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.service.serving import ServiceInfo
 from distilserve.server.settings import ServerSettings
+
+ServiceT = TypeVar("ServiceT")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTask:
+    """One task's HTTP side: its routes, and the service they call (built once per app from
+    the shared ``InferencePipeline``)."""
+
+    router: APIRouter
+    service: Callable[[InferencePipeline], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +42,18 @@ class Services:
     metrics: ServerMetrics
     admission: Admission
     pipeline: InferencePipeline
-    classify: ClassifyService
-    embed: EmbedService
-    answer: AnswerService
     info: ServiceInfo
+    # Each task's service, by its class (``service``).
+    task_services: Mapping[Any, object]
 
     @classmethod
-    def build(cls, settings: ServerSettings, registry: ModelRegistry, metrics: ServerMetrics) -> Services:
+    def build(
+        cls,
+        settings: ServerSettings,
+        registry: ModelRegistry,
+        metrics: ServerMetrics,
+        tasks: Sequence[ServerTask] = (),
+    ) -> Services:
         pipeline = InferencePipeline(settings, registry, metrics)
         return cls(
             settings=settings,
@@ -43,11 +61,16 @@ class Services:
             metrics=metrics,
             admission=Admission(settings, metrics),
             pipeline=pipeline,
-            classify=ClassifyService(pipeline),
-            embed=EmbedService(pipeline),
-            answer=AnswerService(pipeline),
             info=ServiceInfo(settings, registry),
+            task_services={task.service: task.service(pipeline) for task in tasks},
         )
+
+    def service(self, kind: type[ServiceT]) -> ServiceT:
+        """The app's one ``kind`` service (a task's ``ServerTask.service``)."""
+        service = self.task_services.get(kind)
+        if not isinstance(service, kind):
+            raise TypeError(f"{kind.__name__} is not a registered task service (distilserve.server.tasks)")
+        return service
 
 
 def get_services(request: Request) -> Services:

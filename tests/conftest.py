@@ -32,6 +32,35 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[Arc
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_rerank_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[Arch, Path]:
+    """A tiny, randomly initialised one-logit cross-encoder per architecture."""
+    root = tmp_path_factory.mktemp("rerank-checkpoints")
+    return {
+        arch: build_checkpoint(root / arch, arch, "rerank", seed=20 + index)
+        for index, arch in enumerate(ARCHS)
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_rerank_bundles(
+    tiny_rerank_checkpoints: dict[Arch, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[Arch, Literal["int8", "none"]], Path]:
+    """Each tiny cross-encoder exported as an int8 bundle (the default) and as fp32."""
+    from distilserve.models.export import ExportOptions, export_bundle
+
+    root = tmp_path_factory.mktemp("rerank-bundles")
+    bundles: dict[tuple[Arch, Literal["int8", "none"]], Path] = {}
+    for arch, checkpoint in tiny_rerank_checkpoints.items():
+        for quantize in ("int8", "none"):
+            output = root / f"{arch}-{quantize}"
+            export_bundle(
+                ExportOptions(source=str(checkpoint), output=output, task="rerank", quantize=quantize)
+            )
+            bundles[(arch, quantize)] = output
+    return bundles
+
+
 BundleKey = tuple[Arch, TinyTask]
 # Tasks whose int8 bundles the tests need (classification and embeddings: tiny random QA models
 # have too flat span logits for int8 span agreement to be a meaningful fixture).

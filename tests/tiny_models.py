@@ -1,9 +1,9 @@
 """Tiny, randomly initialised checkpoints the tests build themselves (nothing is downloaded).
 
 A WordPiece tokenizer is trained with `tokenizers` on a few hundred generated sentences, and
-2-layer DistilBERT and BERT configs are instantiated for classification, question answering
-and the base model. Each checkpoint is a normal Hugging Face folder (config, weights,
-tokenizer), exactly what ``distilserve export`` takes from a user.
+2-layer DistilBERT and BERT configs are instantiated for classification, question answering,
+the base model and reranking (a one-logit cross-encoder). Each checkpoint is a normal Hugging
+Face folder (config, weights, tokenizer), exactly what ``distilserve export`` takes from a user.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 Arch = Literal["distilbert", "bert"]
-TinyTask = Literal["text-classification", "question-answering", "feature-extraction"]
+TinyTask = Literal["text-classification", "question-answering", "feature-extraction", "rerank"]
 
 SUBJECTS = [
     "the film",
@@ -153,6 +153,8 @@ def build_checkpoint(folder: Path, arch: Arch, task: TinyTask, *, seed: int = 0)
     common = {"vocab_size": 600, "max_position_embeddings": 128, "pad_token_id": 0, "initializer_range": 0.2}
     if task == "text-classification":
         common |= {"id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+    if task == "rerank":
+        common |= {"num_labels": 1}
     if arch == "distilbert":
         config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
     else:
@@ -163,6 +165,7 @@ def build_checkpoint(folder: Path, arch: Arch, task: TinyTask, *, seed: int = 0)
         "text-classification": AutoModelForSequenceClassification,
         "question-answering": AutoModelForQuestionAnswering,
         "feature-extraction": AutoModel,
+        "rerank": AutoModelForSequenceClassification,
     }[task]
     torch.manual_seed(seed)
     model = factory.from_config(config)
@@ -194,3 +197,20 @@ def fit_toy_sentiment(model: object, folder: Path, steps: int = 40) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def toy_relevance_pairs(size: int = 256, seed: int = 0) -> tuple[list[tuple[str, str]], list[float]]:
+    """(query, document) pairs of the corpus, half of them relevant (1.0: the document is about
+    the query's subject). The tiny cross-encoder is random (a 2-layer model needs hundreds of
+    steps to learn this), so the tests compare its scores with PyTorch's, not with these labels."""
+    rng = random.Random(seed)
+    sentences = corpus()
+    pairs, labels = [], []
+    for _ in range(size):
+        document = rng.choice(sentences)
+        subject = next(s for s in SUBJECTS if document.lower().startswith(s))
+        relevant = rng.random() < 0.5
+        query_subject = subject if relevant else rng.choice([s for s in SUBJECTS if s != subject])
+        pairs.append((f"what about {query_subject}?", document))
+        labels.append(1.0 if relevant else 0.0)
+    return pairs, labels

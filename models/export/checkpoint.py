@@ -19,6 +19,7 @@ from distilserve.models.export.source import (
     resolve_source,
     sentence_transformers_info,
 )
+from distilserve.models.tasks import TASK_SPECS, task_spec
 
 if TYPE_CHECKING:
     from distilserve.models.export.exporter import ExportOptions
@@ -51,14 +52,19 @@ def load_checkpoint(options: ExportOptions) -> Checkpoint:
     task = options.task or infer_task(
         getattr(config, "architectures", None), sentence_transformers=st_info is not None
     )
-    if task not in get_args(Task):
+    if task not in TASK_SPECS:
         raise ExportError(f"unsupported task {task!r}; choose one of {', '.join(get_args(Task))}")
+    spec = task_spec(task)
+    if spec.check_config is not None:
+        problem = spec.check_config(config)
+        if problem is not None:
+            raise ExportError(f"{source.ref}: {problem}")
     _check_exportable(config.model_type, task)
     tokenizer = _load_tokenizer(source)
     max_length = _max_length(options.max_length, config, tokenizer, st_info)
     pooling: Pooling | None = None
     normalize = False
-    if task == "feature-extraction":
+    if spec.pooling:
         pooling = options.pooling or (st_info.pooling if st_info else "mean")
         normalize = (
             options.normalize if options.normalize is not None else bool(st_info and st_info.normalize)
@@ -88,6 +94,7 @@ def _load_config(source: Source) -> Any:
 
 
 def _check_exportable(model_type: str, task: Task) -> None:
+    exported_as = task_spec(task).optimum_task
     # Importing the ONNX exporter registers its model configs with the TasksManager.
     import optimum.exporters.onnx.model_configs  # noqa: F401
     from optimum.exporters.tasks import TasksManager
@@ -100,7 +107,7 @@ def _check_exportable(model_type: str, task: Task) -> None:
         raise ExportError(
             f"unsupported architecture: model type {model_type!r} has no ONNX export in Optimum"
         ) from exc
-    if task not in supported:
+    if exported_as not in supported:
         raise ExportError(
             f"unsupported architecture: Optimum cannot export a {model_type!r} model for {task} "
             f"(it supports {', '.join(sorted(supported))})"
@@ -121,17 +128,10 @@ def _load_tokenizer(source: Source) -> Any:
     return tokenizer
 
 
-MODEL_CLASSES: dict[Task, str] = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "feature-extraction": "AutoModel",
-}
-
-
 def _load_model(source: Source, task: Task) -> Any:
     import transformers
 
-    factory = getattr(transformers, MODEL_CLASSES[task])
+    factory = getattr(transformers, task_spec(task).hf_auto_class)
     try:
         model, info = factory.from_pretrained(source.ref, revision=source.revision, output_loading_info=True)
     except (OSError, ValueError, KeyError) as exc:
@@ -173,7 +173,7 @@ def _max_length(
 
 
 def _problem_type(config: Any, task: Task) -> ProblemType | None:
-    if task != "text-classification":
+    if not task_spec(task).labels:
         return None
     problem_type = getattr(config, "problem_type", None)
     if problem_type is not None:

@@ -90,7 +90,11 @@ class Settings(BaseSettings):
         ),
     )
     samples: Path | None = Field(
-        None, description="extra sample inputs for the checks, one per line (question<TAB>context for QA)"
+        None,
+        description=(
+            "extra sample inputs for the checks, one per line (question<TAB>context for QA, "
+            "query<TAB>document for rerank)"
+        ),
     )
     overwrite: bool = Field(False, description="replace an existing bundle at --output")
     fp32_tolerance: float = Field(
@@ -100,13 +104,15 @@ class Settings(BaseSettings):
         _DEFAULTS.min_argmax_agreement,
         ge=0,
         le=1,
-        description="classification: share of int8 labels equal to fp32",
+        description=(
+            "classification: share of int8 labels equal to fp32; rerank: of sample pairs int8 orders as fp32"
+        ),
     )
     max_probability_gap: float = Field(
         _DEFAULTS.max_probability_gap,
         ge=0,
         le=1,
-        description="classification: largest int8 vs fp32 score gap",
+        description="classification and rerank: largest int8 vs fp32 score gap",
     )
     min_span_agreement: float = Field(
         _DEFAULTS.min_span_agreement,

@@ -74,6 +74,7 @@ from distilserve.models.export.source import (
     weight_files,
     weights_sha256,
 )
+from distilserve.models.tasks import TASK_SPECS, task_spec
 from distilserve.models.tokenization import ThreadSafeTokenizer
 
 logger = logging.getLogger(__name__)
@@ -81,13 +82,9 @@ logger = logging.getLogger(__name__)
 QuantizeMode = Literal["int8", "none"]
 
 # The inputs the runtime feeds (see models.batching.assemble_batch) and the outputs each task's
-# processor reads.
+# processor reads (its ``TaskSpec.outputs``).
 RUNTIME_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
-REQUIRED_OUTPUTS: dict[Task, tuple[str, ...]] = {
-    "text-classification": ("logits",),
-    "question-answering": ("start_logits", "end_logits"),
-    "feature-extraction": ("last_hidden_state",),
-}
+REQUIRED_OUTPUTS: dict[Task, tuple[str, ...]] = {name: spec.outputs for name, spec in TASK_SPECS.items()}
 EXPORT_EXTRA_MODULES = ("torch", "transformers", "optimum.exporters.onnx", "onnx")
 STEPS = 5
 # Recorded in the manifest beside the int8 scheme; the measurements are in models.export.quantize.
@@ -333,7 +330,12 @@ def _export_onnx(checkpoint: Checkpoint, folder: Path, opset: int | None) -> Pat
         with _quiet_export():
             # Validation is off: step 2 does it on better inputs (padding, pairs, long texts).
             onnx_export_from_model(
-                checkpoint.model, folder, task=checkpoint.task, opset=opset, do_validation=False, device="cpu"
+                checkpoint.model,
+                folder,
+                task=task_spec(checkpoint.task).optimum_task,
+                opset=opset,
+                do_validation=False,
+                device="cpu",
             )
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ExportError(f"ONNX export of {checkpoint.source.ref} failed: {exc}") from exc
@@ -560,7 +562,7 @@ def _write_bundle(
         # Pin what was actually downloaded: a branch name like "main" moves.
         revision = getattr(config, "_commit_hash", None) or revision
     labels: dict[int, str] = {}
-    if checkpoint.task == "text-classification":
+    if task_spec(checkpoint.task).labels:
         labels = {int(index): str(label) for index, label in (config.id2label or {}).items()}
     manifest_fields: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

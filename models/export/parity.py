@@ -6,7 +6,8 @@ Two kinds of check, both recorded in the manifest as ``ParityCheck``s:
   which must stay within a tight tolerance: the graph should compute the same function.
 * int8 agreement (the fp32 graph vs the int8 graph): int8 changes the numbers by design, so what
   is checked is whether it changes the *answers*: the predicted class, the answer span, the
-  direction of the embedding.
+  direction of the embedding, the order of reranked documents. Each task declares its metrics
+  and marks in its ``TaskSpec`` (``distilserve.models.tasks``).
 
 Token-level outputs (hidden states, span logits) are compared on real tokens only: values at
 padded positions are never used by the runtime, and fused attention kernels are free to leave
@@ -15,7 +16,7 @@ different numbers there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,33 @@ from distilserve.models.batching import EncodedRow, assemble_batch
 from distilserve.models.bundle import ParityCheck, ProblemType, Task
 from distilserve.models.export.samples import SampleSet, batch_slices
 from distilserve.models.session import OnnxSession, SessionOptions
-from distilserve.models.tasks.classify import activation
-from distilserve.models.tasks.embed import pool
+from distilserve.models.tasks import TASK_SPECS, task_spec
+from distilserve.models.tasks.base import AgreementContext, Outputs, SampleBatch
+from distilserve.models.tasks.classify import class_scores, classification_metrics
+from distilserve.models.tasks.embed import embedding_metrics, pooled_embeddings
+from distilserve.models.tasks.qa import MAX_ANSWER_TOKENS, best_span, qa_metrics
 from distilserve.models.tokenization import ThreadSafeTokenizer, TruncationConfig
 
-Outputs = dict[str, np.ndarray]
+# Each task's agreement metrics live with the task (its ``TaskSpec``); they are named here too.
+__all__ = [
+    "MAX_ANSWER_TOKENS",
+    "Outputs",
+    "SampleBatch",
+    "Thresholds",
+    "agreement_metrics",
+    "best_span",
+    "class_scores",
+    "classification_metrics",
+    "embedding_metrics",
+    "make_check",
+    "pooled_embeddings",
+    "qa_metrics",
+]
 
 # Direction of every thresholded metric: a lower bound (the metric must be at least the
-# threshold) or an upper bound (at most the threshold).
-LOWER_BOUNDS = frozenset({"argmax_agreement", "span_agreement", "mean_cosine", "min_cosine"})
-UPPER_BOUNDS = frozenset({"max_abs_diff", "max_probability_gap"})
-
-# Longest answer span considered when picking the best span, in tokens (the transformers
-# question-answering pipeline's default ``max_answer_len``).
-MAX_ANSWER_TOKENS = 30
+# threshold) or an upper bound (at most the threshold). fp32 parity's own, then each task's.
+LOWER_BOUNDS = frozenset[str]().union(*(spec.lower_bounds for spec in TASK_SPECS.values()))
+UPPER_BOUNDS = frozenset({"max_abs_diff"}).union(*(spec.upper_bounds for spec in TASK_SPECS.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,26 +76,8 @@ class Thresholds:
     min_cosine: float = 0.9
 
     def for_task(self, task: Task) -> dict[str, float]:
-        if task == "text-classification":
-            return {
-                "argmax_agreement": self.min_argmax_agreement,
-                "max_probability_gap": self.max_probability_gap,
-            }
-        if task == "question-answering":
-            return {"span_agreement": self.min_span_agreement}
-        return {"mean_cosine": self.min_mean_cosine, "min_cosine": self.min_cosine}
-
-
-@dataclass(frozen=True, slots=True)
-class SampleBatch:
-    """One padded batch of samples; ``context_mask`` marks QA context tokens (answer candidates)."""
-
-    feed: dict[str, np.ndarray]
-    context_mask: np.ndarray | None
-
-    @property
-    def attention_mask(self) -> np.ndarray:
-        return self.feed["attention_mask"]
+        """The marks ``task``'s agreement metrics are held to (its ``TaskSpec.thresholds``)."""
+        return task_spec(task).thresholds(self)
 
 
 def encode_samples(tokenizer: ThreadSafeTokenizer, samples: SampleSet, max_length: int) -> list[SampleBatch]:
@@ -150,73 +146,6 @@ def max_abs_diff(
     return worst
 
 
-def class_scores(logits: np.ndarray, problem_type: ProblemType | None) -> np.ndarray:
-    """Scores as the runtime reports them: the classifier's own activation."""
-    return activation(logits, problem_type)
-
-
-def classification_metrics(
-    reference: Sequence[Outputs], candidate: Sequence[Outputs], problem_type: ProblemType | None
-) -> dict[str, float]:
-    ref = class_scores(np.concatenate([out["logits"] for out in reference]), problem_type)
-    cand = class_scores(np.concatenate([out["logits"] for out in candidate]), problem_type)
-    return {
-        "argmax_agreement": float(np.mean(ref.argmax(axis=-1) == cand.argmax(axis=-1))),
-        "max_probability_gap": float(np.abs(ref - cand).max()),
-        "mean_probability_gap": float(np.abs(ref - cand).mean()),
-    }
-
-
-def best_span(start: np.ndarray, end: np.ndarray, allowed: np.ndarray) -> tuple[int, int]:
-    """The (start, end) token pair of highest ``start + end`` logit, both in ``allowed`` positions."""
-    positions = np.flatnonzero(allowed)
-    if positions.size == 0:
-        return (0, 0)
-    scores = start[positions][:, None] + end[positions][None, :]
-    offsets = positions[None, :] - positions[:, None]
-    scores = np.where((offsets >= 0) & (offsets < MAX_ANSWER_TOKENS), scores, -np.inf)
-    first, last = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    return int(positions[first]), int(positions[last])
-
-
-def qa_metrics(
-    reference: Sequence[Outputs], candidate: Sequence[Outputs], batches: Sequence[SampleBatch]
-) -> dict[str, float]:
-    agree, total, worst_logit = 0, 0, 0.0
-    for ref, cand, batch in zip(reference, candidate, batches, strict=True):
-        assert batch.context_mask is not None
-        for row in range(batch.context_mask.shape[0]):
-            allowed = batch.context_mask[row]
-            ref_span = best_span(ref["start_logits"][row], ref["end_logits"][row], allowed)
-            cand_span = best_span(cand["start_logits"][row], cand["end_logits"][row], allowed)
-            agree += ref_span == cand_span
-            total += 1
-            for name in ("start_logits", "end_logits"):
-                gap = np.abs(ref[name][row][allowed] - cand[name][row][allowed]).max(initial=0.0)
-                worst_logit = max(worst_logit, float(gap))
-    return {"span_agreement": agree / max(total, 1), "max_logit_gap": worst_logit}
-
-
-def pooled_embeddings(outputs: Sequence[Outputs], batches: Sequence[SampleBatch], pooling: str) -> np.ndarray:
-    return np.concatenate(
-        [
-            pool(out["last_hidden_state"].astype(np.float32), batch.attention_mask, pooling)
-            for out, batch in zip(outputs, batches, strict=True)
-        ]
-    )
-
-
-def embedding_metrics(
-    reference: Sequence[Outputs], candidate: Sequence[Outputs], batches: Sequence[SampleBatch], pooling: str
-) -> dict[str, float]:
-    ref = pooled_embeddings(reference, batches, pooling)
-    cand = pooled_embeddings(candidate, batches, pooling)
-    # Cosine does not depend on the bundle's L2 normalization, so it is left out here.
-    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
-    cosine = (ref * cand).sum(axis=-1) / np.clip(norms, 1e-12, None)
-    return {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min())}
-
-
 def agreement_metrics(
     task: Task,
     reference: Sequence[Outputs],
@@ -226,13 +155,9 @@ def agreement_metrics(
     problem_type: ProblemType | None = None,
     pooling: str = "mean",
 ) -> dict[str, float]:
-    """The task's agreement metrics of ``candidate`` against ``reference``."""
-    compute: dict[Task, Callable[[], dict[str, float]]] = {
-        "text-classification": lambda: classification_metrics(reference, candidate, problem_type),
-        "question-answering": lambda: qa_metrics(reference, candidate, batches),
-        "feature-extraction": lambda: embedding_metrics(reference, candidate, batches, pooling),
-    }
-    return compute[task]()
+    """The task's agreement metrics of ``candidate`` against ``reference`` (its ``TaskSpec.agreement``)."""
+    context = AgreementContext(problem_type=problem_type, pooling="cls" if pooling == "cls" else "mean")
+    return task_spec(task).agreement(reference, candidate, batches, context)
 
 
 def make_check(

@@ -88,23 +88,28 @@ def resolve_source(source: str, revision: str | None = None) -> Source:
 def infer_task(architectures: Sequence[str] | None, *, sentence_transformers: bool = False) -> Task:
     """The export task of a checkpoint, from its config's ``architectures``.
 
-    ``...ForSequenceClassification`` is text classification, ``...ForQuestionAnswering`` is
-    question answering, a bare encoder (``BertModel``, ``DistilBertModel``) or a
-    sentence-transformers folder is feature extraction. Anything else needs an explicit task.
+    An architecture ending with a task's ``TaskSpec.architecture_suffix`` is that task
+    (``...ForSequenceClassification`` text classification, ``...ForQuestionAnswering`` question
+    answering); a bare encoder (``BertModel``, ``DistilBertModel``) or a sentence-transformers
+    folder is the ``base_encoder`` task (feature extraction). Anything else needs an explicit task.
     """
+    from distilserve.models.tasks import TASK_SPECS
+
     names = list(architectures or [])
     for name in names:
-        if name.endswith("ForSequenceClassification"):
-            return "text-classification"
-        if name.endswith("ForQuestionAnswering"):
-            return "question-answering"
+        for spec in TASK_SPECS.values():
+            if spec.architecture_suffix and name.endswith(spec.architecture_suffix):
+                return spec.name
     if sentence_transformers or any(_is_base_model(name) for name in names):
-        return "feature-extraction"
+        for spec in TASK_SPECS.values():
+            if spec.base_encoder:
+                return spec.name
     found = ", ".join(names) if names else "none listed in config.json"
+    hints = [spec.architecture_hint for spec in TASK_SPECS.values() if spec.architecture_hint]
+    exported = ", ".join(hints[:-1]) + " and " + hints[-1] if len(hints) > 1 else "".join(hints)
     raise ExportError(
         f"cannot infer the task from the architectures ({found}): distilserve exports "
-        "...ForSequenceClassification (text-classification), ...ForQuestionAnswering "
-        "(question-answering) and base encoders (feature-extraction); pass --task to choose one"
+        f"{exported}; pass --task to choose one"
     )
 
 

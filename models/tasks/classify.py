@@ -16,7 +16,8 @@ from tokenizers import Encoding
 from distilserve.models.batching import BatchArrays, EncodedRow
 from distilserve.models.bundle import ProblemType, Task
 from distilserve.models.errors import InputError, InputTooLongError
-from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tasks.base import Outputs, Prepared, TaskProcessor, TaskSpec
+from distilserve.models.tasks.samples import SAMPLE_TEXTS
 from distilserve.models.tokenization import TruncationConfig
 
 
@@ -138,3 +139,42 @@ class ClassifyProcessor(TaskProcessor[str, ClassifyParams, list[LabelScore]]):
             )
             for index in order
         ]
+
+
+def class_scores(logits: np.ndarray, problem_type: ProblemType | None) -> np.ndarray:
+    """Scores as the runtime reports them: the classifier's own activation."""
+    return activation(logits, problem_type)
+
+
+def classification_metrics(
+    reference: Sequence[Outputs], candidate: Sequence[Outputs], problem_type: ProblemType | None
+) -> dict[str, float]:
+    ref = class_scores(np.concatenate([out["logits"] for out in reference]), problem_type)
+    cand = class_scores(np.concatenate([out["logits"] for out in candidate]), problem_type)
+    return {
+        "argmax_agreement": float(np.mean(ref.argmax(axis=-1) == cand.argmax(axis=-1))),
+        "max_probability_gap": float(np.abs(ref - cand).max()),
+        "mean_probability_gap": float(np.abs(ref - cand).mean()),
+    }
+
+
+SPEC = TaskSpec(
+    name="text-classification",
+    processor=ClassifyProcessor,
+    hf_auto_class="AutoModelForSequenceClassification",
+    optimum_task="text-classification",
+    outputs=("logits",),
+    agreement=lambda reference, candidate, batches, context: classification_metrics(
+        reference, candidate, context.problem_type
+    ),
+    thresholds=lambda marks: {
+        "argmax_agreement": marks.min_argmax_agreement,
+        "max_probability_gap": marks.max_probability_gap,
+    },
+    lower_bounds=frozenset({"argmax_agreement"}),
+    upper_bounds=frozenset({"max_probability_gap"}),
+    architecture_suffix="ForSequenceClassification",
+    architecture_hint="...ForSequenceClassification (text-classification)",
+    labels=True,
+    sample_texts=SAMPLE_TEXTS,
+)

@@ -11,8 +11,9 @@ import numpy as np
 from distilserve.models.batching import BatchArrays
 from distilserve.models.bundle import Task
 from distilserve.models.errors import InputError
-from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tasks.base import Outputs, Prepared, SampleBatch, TaskProcessor, TaskSpec
 from distilserve.models.tasks.classify import encode_single_text, encode_single_texts
+from distilserve.models.tasks.samples import SAMPLE_TEXTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +62,41 @@ class EmbedProcessor(TaskProcessor[str, EmbedParams, np.ndarray]):
         (vector,) = row_outputs
         normalize = self.manifest.normalize if params.normalize is None else params.normalize
         return l2_normalize(vector) if normalize else vector
+
+
+def pooled_embeddings(outputs: Sequence[Outputs], batches: Sequence[SampleBatch], pooling: str) -> np.ndarray:
+    return np.concatenate(
+        [
+            pool(out["last_hidden_state"].astype(np.float32), batch.attention_mask, pooling)
+            for out, batch in zip(outputs, batches, strict=True)
+        ]
+    )
+
+
+def embedding_metrics(
+    reference: Sequence[Outputs], candidate: Sequence[Outputs], batches: Sequence[SampleBatch], pooling: str
+) -> dict[str, float]:
+    ref = pooled_embeddings(reference, batches, pooling)
+    cand = pooled_embeddings(candidate, batches, pooling)
+    # Cosine does not depend on the bundle's L2 normalization, so it is left out here.
+    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
+    cosine = (ref * cand).sum(axis=-1) / np.clip(norms, 1e-12, None)
+    return {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min())}
+
+
+SPEC = TaskSpec(
+    name="feature-extraction",
+    processor=EmbedProcessor,
+    hf_auto_class="AutoModel",
+    optimum_task="feature-extraction",
+    outputs=("last_hidden_state",),
+    agreement=lambda reference, candidate, batches, context: embedding_metrics(
+        reference, candidate, batches, context.pooling
+    ),
+    thresholds=lambda marks: {"mean_cosine": marks.min_mean_cosine, "min_cosine": marks.min_cosine},
+    lower_bounds=frozenset({"mean_cosine", "min_cosine"}),
+    architecture_hint="base encoders (feature-extraction)",
+    base_encoder=True,
+    pooling=True,
+    sample_texts=SAMPLE_TEXTS,
+)

@@ -19,6 +19,7 @@ does not fit beside the question), ``prepare`` raises ``InputError`` instead.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -29,7 +30,15 @@ from tokenizers import Encoding
 from distilserve.models.batching import BatchArrays, EncodedRow
 from distilserve.models.bundle import Task
 from distilserve.models.errors import InputError
-from distilserve.models.tasks.base import Prepared, TaskProcessor
+from distilserve.models.tasks.base import (
+    WARMUP_TEXT,
+    Outputs,
+    Prepared,
+    SampleBatch,
+    TaskProcessor,
+    TaskSpec,
+)
+from distilserve.models.tasks.samples import SAMPLE_QA_PAIRS
 from distilserve.models.tokenization import TruncationConfig
 
 # The pipeline's defaults: windows of at most 384 tokens, overlapping by half a window, at most 128.
@@ -44,6 +53,9 @@ CONTEXT_SEQUENCE = 1
 NO_ID = -1
 # The graph outputs, as optimum's ONNX export names them.
 START_LOGITS, END_LOGITS = "start_logits", "end_logits"
+# Longest answer span the export's agreement check considers when picking the best span, in
+# tokens (the transformers question-answering pipeline's default ``max_answer_len``).
+MAX_ANSWER_TOKENS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +228,12 @@ class QuestionAnsweringProcessor(TaskProcessor[QAInput, QAParams, list[Answer]])
     def default_params(self) -> QAParams:
         return QAParams()
 
+    def warmup_item(self) -> QAInput:
+        return QAInput(question="What is this?", context=WARMUP_TEXT)
+
+    def item_chars(self, item: QAInput) -> int:
+        return len(item.question) + len(item.context) if isinstance(item, QAInput) else sys.maxsize
+
     def window_lengths(self, params: QAParams) -> tuple[int, int]:
         """``(max_seq_len, doc_stride)`` with the pipeline's defaults, capped by the bundle."""
         # The bundle's max_length stands in for the tokenizer's model_max_length.
@@ -340,3 +358,49 @@ class QuestionAnsweringProcessor(TaskProcessor[QAInput, QAParams, list[Answer]])
         # sorted() is stable: equal scores keep the order they were found in, as in the pipeline.
         ranked = sorted(answers, key=lambda candidate: candidate.score, reverse=True)[: params.top_k]
         return [Answer(answer=c.answer, score=c.score, start=c.start, end=c.end) for c in ranked]
+
+
+def best_span(start: np.ndarray, end: np.ndarray, allowed: np.ndarray) -> tuple[int, int]:
+    """The (start, end) token pair of highest ``start + end`` logit, both in ``allowed`` positions."""
+    positions = np.flatnonzero(allowed)
+    if positions.size == 0:
+        return (0, 0)
+    scores = start[positions][:, None] + end[positions][None, :]
+    offsets = positions[None, :] - positions[:, None]
+    scores = np.where((offsets >= 0) & (offsets < MAX_ANSWER_TOKENS), scores, -np.inf)
+    first, last = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return int(positions[first]), int(positions[last])
+
+
+def qa_metrics(
+    reference: Sequence[Outputs], candidate: Sequence[Outputs], batches: Sequence[SampleBatch]
+) -> dict[str, float]:
+    agree, total, worst_logit = 0, 0, 0.0
+    for ref, cand, batch in zip(reference, candidate, batches, strict=True):
+        assert batch.context_mask is not None
+        for row in range(batch.context_mask.shape[0]):
+            allowed = batch.context_mask[row]
+            ref_span = best_span(ref["start_logits"][row], ref["end_logits"][row], allowed)
+            cand_span = best_span(cand["start_logits"][row], cand["end_logits"][row], allowed)
+            agree += ref_span == cand_span
+            total += 1
+            for name in ("start_logits", "end_logits"):
+                gap = np.abs(ref[name][row][allowed] - cand[name][row][allowed]).max(initial=0.0)
+                worst_logit = max(worst_logit, float(gap))
+    return {"span_agreement": agree / max(total, 1), "max_logit_gap": worst_logit}
+
+
+SPEC = TaskSpec(
+    name="question-answering",
+    processor=QuestionAnsweringProcessor,
+    hf_auto_class="AutoModelForQuestionAnswering",
+    optimum_task="question-answering",
+    outputs=(START_LOGITS, END_LOGITS),
+    agreement=lambda reference, candidate, batches, context: qa_metrics(reference, candidate, batches),
+    thresholds=lambda marks: {"span_agreement": marks.min_span_agreement},
+    lower_bounds=frozenset({"span_agreement"}),
+    architecture_suffix="ForQuestionAnswering",
+    architecture_hint="...ForQuestionAnswering (question-answering)",
+    sample_pairs=SAMPLE_QA_PAIRS,
+    pair_fields=("question", "context"),
+)

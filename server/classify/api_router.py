@@ -11,10 +11,11 @@ from distilserve.server.classify.protocol import (
     LabelScoreOut,
     PredictRequest,
 )
+from distilserve.server.classify.serving import ClassifyService
 from distilserve.server.common_protocol import ERROR_RESPONSES
 from distilserve.server.responses import OrjsonResponse
 from distilserve.server.routing import InferenceRoute
-from distilserve.server.services import ContextDep, ServicesDep
+from distilserve.server.services import ContextDep, ServerTask, ServicesDep
 
 router = APIRouter(tags=["classification"], route_class=InferenceRoute, responses=ERROR_RESPONSES)
 
@@ -24,7 +25,7 @@ router = APIRouter(tags=["classification"], route_class=InferenceRoute, response
 async def classify(
     body: ClassifyRequest, request: Request, services: ServicesDep, context: ContextDep
 ) -> OrjsonResponse:
-    return OrjsonResponse(await services.classify.classify(body, context))
+    return OrjsonResponse(await services.service(ClassifyService).classify(body, context))
 
 
 @router.post(
@@ -36,4 +37,7 @@ async def classify(
 async def predict(
     body: PredictRequest, request: Request, services: ServicesDep, context: ContextDep
 ) -> OrjsonResponse:
-    return OrjsonResponse(await services.classify.predict(body, context))
+    return OrjsonResponse(await services.service(ClassifyService).predict(body, context))
+
+
+SERVER_TASK = ServerTask(router=router, service=ClassifyService)

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Request
 from distilserve.server.admission import with_cancellation
 from distilserve.server.common_protocol import ERROR_RESPONSES
 from distilserve.server.qa.protocol import AnswerOut, AnswerRequest
+from distilserve.server.qa.serving import AnswerService
 from distilserve.server.responses import OrjsonResponse
 from distilserve.server.routing import InferenceRoute
-from distilserve.server.services import ContextDep, ServicesDep
+from distilserve.server.services import ContextDep, ServerTask, ServicesDep
 
 router = APIRouter(tags=["question answering"], route_class=InferenceRoute, responses=ERROR_RESPONSES)
 
@@ -23,4 +24,7 @@ router = APIRouter(tags=["question answering"], route_class=InferenceRoute, resp
 async def answer(
     body: AnswerRequest, request: Request, services: ServicesDep, context: ContextDep
 ) -> OrjsonResponse:
-    return OrjsonResponse(await services.answer.answer(body, context))
+    return OrjsonResponse(await services.service(AnswerService).answer(body, context))
+
+
+SERVER_TASK = ServerTask(router=router, service=AnswerService)
