@@ -94,6 +94,8 @@ def _bm25_rankings(paragraphs: list[str], queries: list[str], depth: int) -> np.
     """For each query, the indices of its ``depth`` best paragraphs by BM25, best first."""
     import bm25s
 
+    # bm25s logs each index build at debug level: one line per article.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     retriever = bm25s.BM25()
     retriever.index(
         bm25s.tokenize(paragraphs, stopwords="en", show_progress=False, return_ids=False),
