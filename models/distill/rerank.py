@@ -22,12 +22,16 @@ the dev score:
   checkpoint.
 
     # the teacher: all-MiniLM-L6-v2 with a one-logit head, fine-tuned on lists of SQuAD train
-    distilserve distill MINILM_L6 --task rerank --mode finetune --train-file squad_v1.1_train.json \\
-        --validation-rows 200 --max-train-samples 3000 --output runs/rerank-teacher
-    # the student: three of its layers, distilled from it
-    distilserve distill runs/rerank-teacher --task rerank --student-layers 0 2 4 \\
-        --train-file squad_v1.1_train.json --validation-rows 200 --max-train-samples 3000 \\
-        --output runs/rerank-student
+    distilserve distill MINILM_L6 --task rerank --mode finetune --train-file squad_v1.1_train.json \
+        --validation-rows 40 --max-train-samples 480 --negatives 3 --max-length 128 --batch-size 8 \
+        --lr 1e-4 --warmup-ratio 0.1 --precision bf16 --output runs/rerank/teacher
+    # the student: three of its layers (the last one kept: it holds the [CLS] readout), distilled
+    distilserve distill runs/rerank/teacher --task rerank --student-layers 0 2 5 (same data options) \
+        --output runs/rerank/student
+
+Those are the sizes a 2-core CPU shared with other jobs allowed (60 steps, 32 pairs each); they
+are far too small for a usable reranker (the loss stays at log(list size) for the first ~20 steps):
+give it thousands of steps, where a GPU is at hand.
 """
 
 from __future__ import annotations
