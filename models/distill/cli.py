@@ -40,11 +40,12 @@ class Settings(BaseSettings):
         ),
         json_schema_extra=POSITIONAL,
     )
-    task: Literal["text-classification", "question-answering"] = Field(
+    task: Literal["text-classification", "question-answering", "rerank"] = Field(
         "text-classification",
         description=(
             "text-classification: one label per text (TSV/JSON rows); question-answering: extractive "
-            "spans, from SQuAD v1.1 JSON files"
+            "spans, from SQuAD v1.1 JSON files; rerank: a cross-encoder scoring (question, passage) "
+            "pairs, trained on lists of SQuAD paragraphs (the positive and hard negatives)"
         ),
     )
     mode: Literal["distill", "finetune"] = Field(
@@ -97,6 +98,28 @@ class Settings(BaseSettings):
             "answering, where longer contexts are cut into overlapping windows)"
         ),
     )
+    negatives: int = Field(
+        7,
+        ge=1,
+        description=(
+            "rerank: hard negatives per question, the BM25 best other paragraphs of its article "
+            "(a list is the positive and these)"
+        ),
+    )
+    rerank_loss: Literal["listwise", "bce"] = Field(
+        "listwise",
+        description=(
+            "rerank finetune mode: listwise (softmax cross-entropy over each list, the positive the "
+            "target) or bce (each pair a binary label)"
+        ),
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description=(
+            "forward passes in fp32, or under bfloat16 autocast (weights, optimizer and losses stay fp32; "
+            "faster where the CPU has AVX512-BF16 or AMX, or on a GPU)"
+        ),
+    )
     doc_stride: int = Field(
         128, ge=1, description="question answering: tokens shared by consecutive windows of a long context"
     )
@@ -133,12 +156,13 @@ class Settings(BaseSettings):
     eval_every: int = Field(
         0, ge=0, description="also score the dev set every N steps (0: after each epoch only)"
     )
-    best_metric: Literal["accuracy", "agreement", "f1", "exact_match"] | None = Field(
+    best_metric: Literal["accuracy", "agreement", "f1", "exact_match", "mrr"] | None = Field(
         None,
         description=(
             "what picks the checkpoint kept: dev accuracy, or agreement with the teacher's dev "
             "predictions (fidelity; also what an unlabelled dev file gives); for question answering, "
-            "dev F1 or exact match (default: accuracy, f1 for question answering)"
+            "dev F1 or exact match; for rerank, mrr or accuracy (the positive ranked first) over the "
+            "dev lists (default: accuracy, f1 for question answering, mrr for rerank)"
         ),
     )
     freeze_embeddings: bool = Field(
@@ -172,6 +196,14 @@ def check_options(settings: Settings) -> None:
         if settings.validation_rows is not None or settings.augment_copies:
             raise ValueError("--validation-rows and --augment-copies are for text classification")
         return
+    if settings.task == "rerank":
+        if settings.augment_copies:
+            raise ValueError("--augment-copies is for text classification")
+        if settings.validation_rows is not None and settings.dev_file is not None:
+            raise ValueError(
+                "--validation-rows holds out training questions instead of --dev-file: give one of them"
+            )
+        return
     if settings.validation_rows is not None and settings.dev_file is not None:
         raise ValueError("--validation-rows holds out training rows instead of --dev-file: give one of them")
     if settings.augment_copies and settings.mode != "distill":
@@ -181,6 +213,10 @@ def check_options(settings: Settings) -> None:
 def train_from_settings(settings: Settings) -> dict[str, Any]:
     """Run one fine-tuning or distillation job; returns the record saved as training.json."""
     check_options(settings)
+    if settings.task == "rerank":
+        from distilserve.models.distill.rerank import train_reranker
+
+        return train_reranker(settings)
     if settings.task == "question-answering":
         from distilserve.models.distill.question_answering import train_question_answering
 

@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -240,6 +240,25 @@ class EncodedSet:
     def target_columns(self) -> dict[str, list[int]]:
         """The training targets, by the name the model's forward takes them under."""
         return {} if self.labels is None else {"labels": self.labels}
+
+    def collate(self, indices: Sequence[int], pad_token_id: int, device: Any) -> dict[str, torch.Tensor]:
+        """The model inputs of the rows ``indices``, one sequence per row."""
+        return collate(self, indices, pad_token_id, device)
+
+
+class TrainingRows(Protocol):
+    """What the training loop draws batches from: rows with a length each, made into model inputs.
+
+    A row is one sequence (``EncodedSet``) or a list of sequences trained together (a rerank
+    list: a question with its positive and negative passages, ``rerank.RerankLists``).
+    """
+
+    def __len__(self) -> int: ...
+
+    @property
+    def lengths(self) -> list[int]: ...
+
+    def collate(self, indices: Sequence[int], pad_token_id: int, device: Any) -> dict[str, torch.Tensor]: ...
 
 
 def encode(tokenizer: Any, texts: Sequence[str], labels: list[int] | None, max_length: int) -> EncodedSet:

@@ -102,3 +102,22 @@ def span_rows(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
     same order as the logit rows.
     """
     return torch.stack([start, end], dim=1).reshape(-1, *start.shape[1:])
+
+
+def listwise_softmax_ce(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over each list of scores, the positive at index 0 the target.
+
+    ``scores`` is ``(lists, list_size)``: one relevance logit per (question, passage) pair, the
+    positive passage first. The loss is ``-log softmax(scores)[0]``, averaged over the lists: a
+    pair's score only matters relative to the other passages of its list, which is what a
+    reranker is used for.
+    """
+    targets = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return F.cross_entropy(scores, targets)
+
+
+def pointwise_bce(scores: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on each pair of the lists: 1 for the positive (index 0), 0 for the others."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(scores, labels)

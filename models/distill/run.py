@@ -2,7 +2,7 @@
 cache, the record of the run (``training.json``), the loop with its best-checkpoint saving, and
 the resumable state beside the output.
 
-The task modules (``classification.py``, ``question_answering.py``) build the data, the model
+The task modules (``classification.py``, ``question_answering.py``, ``rerank.py``) build the data, the model
 and the objective; ``fit`` runs them through ``trainer.train`` and writes the result.
 """
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from distilserve.models.distill.cli import Settings
-    from distilserve.models.distill.data import EncodedSet
+    from distilserve.models.distill.data import EncodedSet, TrainingRows
     from distilserve.models.distill.losses import DistillWeights
     from distilserve.models.distill.trainer import Evaluator, Objective
 
@@ -69,7 +69,11 @@ def teacher_logits(
     )
     from distilserve.models.distill.trainer import classification_logits, predict_logits
 
-    key = fingerprint(checkpoint_fingerprint(teacher_dir), data_fingerprint(data))
+    bf16 = settings.precision == "bf16"
+    # bf16 logits are other numbers: their own cache entry (fp32 keys are unchanged).
+    key = fingerprint(
+        checkpoint_fingerprint(teacher_dir), data_fingerprint(data), *(["bf16"] if bf16 else [])
+    )
     path = settings.cache_dir / f"teacher-logits-{key}.npy"
     cached = load_cached_logits(path, len(data))
     if cached is not None:
@@ -85,6 +89,7 @@ def teacher_logits(
         progress=settings.progress,
         description=f"teacher logits ({what})",
         logits_of=logits_of or classification_logits,
+        bf16=bf16,
     )
     save_cached_logits(path, logits)
     logger.info(
@@ -217,7 +222,7 @@ class Job:
     settings: Settings
     model: Any
     tokenizer: Any
-    train_set: EncodedSet
+    train_set: TrainingRows
     objective: Objective
     record: dict[str, Any]
     device: Any
@@ -254,6 +259,7 @@ def fit(job: Job) -> dict[str, Any]:
         checkpoint_dir=state_dir(settings),
         checkpoint_every=settings.checkpoint_every,
         resume=settings.resume,
+        bf16=settings.precision == "bf16",
     )
     result = train(
         job.model,

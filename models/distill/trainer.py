@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distilserve.models.distill.data import EncodedSet, collate, length_grouped_batches, sorted_batches
+from distilserve.models.distill.data import (
+    EncodedSet,
+    TrainingRows,
+    collate,
+    length_grouped_batches,
+    sorted_batches,
+)
 from distilserve.models.distill.losses import DistillWeights, distillation_loss, span_rows
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no GPU")
     return torch.device(name)
+
+
+def autocast(device: torch.device, bf16: bool) -> Any:
+    """bfloat16 autocast on the device when ``bf16``, else a no-op context.
+
+    On a CPU with AVX512-BF16 (no AMX) it made a MiniLM cross-encoder's training steps about 1.8x
+    faster at 192 tokens (docs in model-zoo/squad-reranker/MODEL_CARD.md); losses are taken in fp32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -192,11 +207,13 @@ def predict_logits(
     progress: bool = False,
     description: str = "predict",
     logits_of: Callable[[Any], torch.Tensor] = classification_logits,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Logits in row order, from length-sorted batches.
 
     ``(rows, labels)`` for a classifier; ``(rows, 2, longest row)`` for a reader
-    (``logits_of=span_logits``), with every row's padding at ``MASKED_LOGIT``.
+    (``logits_of=span_logits``), with every row's padding at ``MASKED_LOGIT``. ``bf16`` runs the
+    model under bfloat16 autocast (``TrainOptions.bf16``).
     """
     was_training = model.training
     model.eval()
@@ -209,7 +226,8 @@ def predict_logits(
         unit="batch",
     ):
         batch = collate(data, indices, pad_token_id, device)
-        logits = logits_of(model(**model_inputs(batch)))
+        with autocast(device, bf16):
+            logits = logits_of(model(**model_inputs(batch)))
         for index, row, length in zip(
             indices, logits.float().cpu().numpy(), batch["attention_mask"].sum(dim=1).tolist(), strict=True
         ):
@@ -238,6 +256,8 @@ class TrainOptions:
     checkpoint_every: int = 0
     # Continue from the state in checkpoint_dir when there is one.
     resume: bool = False
+    # Forward passes under bfloat16 autocast (weights, optimizer and losses stay fp32).
+    bf16: bool = False
 
 
 @dataclass
@@ -349,7 +369,7 @@ def load_training_state(checkpoint_dir: Path | None) -> dict[str, Any] | None:
 
 def train(
     model: Any,
-    train_set: EncodedSet,
+    train_set: TrainingRows,
     objective: Objective,
     options: TrainOptions,
     *,
@@ -488,8 +508,9 @@ def train(
             if epoch * per_epoch + position < step:
                 continue
             started = time.perf_counter()
-            batch = collate(train_set, indices, pad_token_id, device)
-            loss, parts = objective(model, batch, indices)
+            batch = train_set.collate(indices, pad_token_id, device)
+            with autocast(device, options.bf16):
+                loss, parts = objective(model, batch, indices)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if options.max_grad_norm > 0:

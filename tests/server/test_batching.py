@@ -293,7 +293,9 @@ async def test_a_batch_over_the_memory_limit_is_split_and_every_row_answered() -
         await batcher.stop()
     assert outputs == [(tag, 100) for tag in range(8)]
     assert [len(batch) for batch in model.batches] == [1, 3, 3, 2]
-    split = batcher._metrics.registry.get_sample_value(
+    observer = batcher._observer
+    assert isinstance(observer, PrometheusObserver)
+    split = observer.metrics.registry.get_sample_value(
         "distilserve_memory_split_batches_total", {"model": "fake"}
     )
     assert split == 2

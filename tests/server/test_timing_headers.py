@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from distilserve.server.middleware import TIMING_HEADERS
+from tests.server.conftest import running_app
 from tests.server.test_response_schemas import CALLS, ERROR_CALLS
+from tests.tiny_models import Arch
 
 TIMINGS = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
 MILLISECONDS = re.compile(r"^\d+\.\d{3}$")
+
+
+@pytest.fixture
+async def app_client(
+    model_args: list[str], tiny_rerank_bundles: dict[tuple[Arch, Literal["int8", "none"]], Path]
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The server fixtures' app with a reranker beside the other tasks' models: every inference
+    route has a model to answer with."""
+    reranker = f"reranker={tiny_rerank_bundles[('bert', 'int8')]}"
+    async with running_app([*model_args, reranker]) as pair:
+        yield pair
 
 
 def inference_paths(app: FastAPI) -> frozenset[str]:

@@ -238,7 +238,11 @@ async def test_a_hung_export_fills_the_bounded_queue_and_never_holds_a_request(
                 queue_full = registry.get_sample_value(
                     "distilserve_dropped_spans_total", {"reason": "queue_full"}
                 )
-                assert queue_full == 3 * (2 + len(STAGES)) - 3  # all but the 3 the queue holds
+                # One span per request and per stage, and one per batch: the three requests may
+                # share batches or not, so the batches are counted, not assumed.
+                batches = registry.get_sample_value("distilserve_batch_size_count", {"model": "sentiment"})
+                assert batches is not None and 1 <= batches <= 3
+                assert queue_full == 3 * (1 + len(STAGES)) + batches - 3  # all but the 3 the queue holds
             finally:
                 processor._export_lock.release()
             await flush(app)
