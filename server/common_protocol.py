@@ -24,7 +24,7 @@ def _refuse_lone_surrogates(value: str) -> str:
 
 def _refuse_blank(value: str) -> str:
     """A model has nothing to read in an empty or whitespace text (``str.strip``'s whitespace,
-    which is what ``\\S`` in the schema's pattern means too)."""
+    which is what ``NOT_WHITESPACE`` in the schema's pattern says too)."""
     if not value.strip():
         raise PydanticCustomError("blank_text", "text is empty or only whitespace")
     return value
@@ -56,7 +56,15 @@ Text = Annotated[StrictStr, AfterValidator(_refuse_lone_surrogates)]
 
 # A text a model reads (input, question, context): with a non-whitespace character, as the
 # document's pattern says, so an empty text is refused by the schema it breaks.
-InputText = Annotated[Text, AfterValidator(_refuse_blank), Field(json_schema_extra={"pattern": r"\S"})]
+# Python's whitespace (str.isspace), written out: a JSON schema pattern's ``\S`` is ECMAScript's,
+# which counts U+001C-U+001F and U+0085 as text and U+FEFF as space, the opposite of Python's.
+NOT_WHITESPACE = (
+    "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+InputText = Annotated[
+    Text, AfterValidator(_refuse_blank), Field(json_schema_extra={"pattern": NOT_WHITESPACE})
+]
 
 # One text or a non-empty list of texts: the ``input``/``inputs`` of every text route.
 TextOrTexts = Annotated[InputText | Annotated[list[InputText], Field(min_length=1)], Field()]
