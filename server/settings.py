@@ -258,7 +258,7 @@ class ServerSettings(BaseSettings):
 
     # Process.
     workers: int = Field(
-        0,
+        1,
         ge=0,
         le=64,
         description=(

@@ -246,8 +246,8 @@ def test_deployment_probes_resources_threads_and_security() -> None:
     limits, requests = main["resources"]["limits"], main["resources"]["requests"]
     assert limits["cpu"] and requests["cpu"] and limits["memory"] and requests["memory"]
     env = env_of(main)
-    # Workers and threads come from the cgroup (the CPU quota and memory limit), never pinned here.
-    assert "DISTILSERVE_INTRA_OP_THREADS" not in env and "DISTILSERVE_WORKERS" not in env
+    threads = env["DISTILSERVE_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert threads["resource"] == "limits.cpu" and threads["containerName"] == main["name"]
     for name in env:
         assert name.startswith("DISTILSERVE_") and name.removeprefix("DISTILSERVE_").lower() in (
             ServerSettings.model_fields

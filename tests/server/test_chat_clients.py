@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import pytest
 
@@ -75,8 +76,11 @@ def test_inference_client_feature_extraction(default_server: tuple[LiveServer, S
     client = InferenceClient(model=f"{server.url}/embed")
     text = "How do I reset my password?"
     vectors = client.feature_extraction(text)
-    bundle = {spec.name: spec for spec in default_model_specs(settings)}[DEFAULT_BUNDLE_NAME].bundle_dir
-    expected = load_model(bundle).predict([text])[0]
+    spec = {spec.name: spec for spec in default_model_specs(settings)}[DEFAULT_BUNDLE_NAME]
+    # The same engine as the server's (engine auto may run the bundle's OpenVINO form there).
+    info = httpx.get(f"{server.url}/info").json()
+    engine = next(model["engine"]["engine"] for model in info["models"] if model["name"] == spec.name)
+    expected = load_model(spec.bundle_dir, engine=engine).predict([text])[0]
     assert vectors.shape == (1, expected.shape[0])
     np.testing.assert_allclose(vectors[0], expected, atol=1e-5)
 

@@ -22,7 +22,7 @@ from tests.server.conftest import make_settings, running_app
 MB = 2**20
 
 
-def test_default_is_one_single_threaded_worker_per_core() -> None:
+def test_workers_0_is_one_single_threaded_worker_per_core() -> None:
     topology = plan_topology(
         requested_workers=0, requested_threads=0, cores=4, memory_limit_bytes=None, worker_bytes=300 * MB
     )
@@ -54,7 +54,7 @@ def test_explicit_settings_win() -> None:
     workers = plan_topology(
         requested_workers=3, requested_threads=0, cores=6, memory_limit_bytes=100 * MB, worker_bytes=300 * MB
     )
-    assert (workers.workers, workers.intra_op_threads, workers.reason) == (3, 2, "--workers set")
+    assert (workers.workers, workers.intra_op_threads, workers.reason) == (3, 2, "--workers 3")
     threads = plan_topology(
         requested_workers=0, requested_threads=2, cores=5, memory_limit_bytes=None, worker_bytes=300 * MB
     )
@@ -63,6 +63,11 @@ def test_explicit_settings_win() -> None:
         requested_workers=1, requested_threads=4, cores=2, memory_limit_bytes=None, worker_bytes=300 * MB
     )
     assert (both.workers, both.intra_op_threads) == (1, 4)
+    # One process, as by default: ONNX Runtime keeps its own thread choice.
+    single = plan_topology(
+        requested_workers=1, requested_threads=0, cores=2, memory_limit_bytes=None, worker_bytes=300 * MB
+    )
+    assert (single.workers, single.intra_op_threads) == (1, 0)
 
 
 @pytest.mark.parametrize(
@@ -92,8 +97,9 @@ def test_worker_estimate_grows_with_the_models(model_args: list[str]) -> None:
     specs = [ModelSpec.parse(arg) for arg in model_args]
     one = worker_bytes_estimate(specs[:1])
     assert worker_bytes_estimate([]) < one < worker_bytes_estimate(specs)
-    resolved = resolve_topology(make_settings(model_args), specs)
+    resolved = resolve_topology(make_settings(model_args, workers=0), specs)
     assert resolved.workers >= 1 and resolved.intra_op_threads >= 1
+    assert resolve_topology(make_settings(model_args), specs).workers == 1  # the default: one process
     assert resolved.worker_bytes_estimate == worker_bytes_estimate(specs)
 
 
