@@ -6,8 +6,9 @@ on each other while the loop and the tokenizers want the same cores. One worker 
 with a single inference thread, keeps every core on the model (measured: BENCHMARKS.md,
 "2026-12-02": 1.34x one process at 32 clients). ``--workers 0`` means one worker per usable core,
 as long as the memory allows, because every worker loads every model. It is not the default yet:
-two workers with the default models hold about 685 MB together against one process's 340 MB,
-over issue 20's 450 MB goal, until the workers share their models' memory.
+two workers' memory with the default models is still to be measured on a prebuilt default bundle
+(the one soak run held 685 MB, with the bundle built at start-up and the export's torch inherited
+by both workers; issue 20's goal is 450 MB).
 
 The choice is a pure function of what it is told (``plan_topology``); ``resolve_topology``
 gathers those facts from the machine, and the start-up log and ``/info`` report the result with
