@@ -33,25 +33,19 @@ async def rerank(
     return OrjsonResponse(await services.service(RerankService).rerank(body, context))
 
 
+# One handler on both paths: vLLM serves the same Jina/Cohere request and answer at each.
 @router.post(
     "/v1/rerank",
     response_model=CohereRerankResponse,
     summary="Rank documents against a query (Jina and Cohere shape, as vLLM serves it)",
 )
-@with_cancellation
-async def rerank_v1(
-    body: CohereRerankRequest, request: Request, services: ServicesDep, context: ContextDep
-) -> OrjsonResponse:
-    return OrjsonResponse(await services.service(RerankService).cohere_rerank(body, context))
-
-
 @router.post(
     "/v2/rerank",
     response_model=CohereRerankResponse,
     summary="Rank documents against a query (Cohere v2 shape, what cohere.ClientV2.rerank sends)",
 )
 @with_cancellation
-async def rerank_v2(
+async def cohere_rerank(
     body: CohereRerankRequest, request: Request, services: ServicesDep, context: ContextDep
 ) -> OrjsonResponse:
     return OrjsonResponse(await services.service(RerankService).cohere_rerank(body, context))
