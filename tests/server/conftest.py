@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -70,6 +70,17 @@ async def running_app(
 @pytest.fixture
 async def app_client(model_args: list[str]) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     async with running_app(model_args) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def every_task_app_client(
+    model_args: list[str], tiny_rerank_bundles: dict[tuple[Arch, Literal["int8", "none"]], Path]
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The server fixtures' app with a reranker beside the other tasks' models: every inference
+    route has a model to answer with."""
+    reranker = f"reranker={tiny_rerank_bundles[('bert', 'int8')]}"
+    async with running_app([*model_args, reranker]) as pair:
         yield pair
 
 

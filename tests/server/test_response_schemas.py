@@ -7,9 +7,7 @@ and validating must not drop anything (no undocumented field) or change any valu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import pytest
@@ -18,8 +16,6 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from distilserve.server.app import ROUTERS
-from tests.server.conftest import running_app
-from tests.tiny_models import Arch
 
 CONTEXT = "The hotel opened in 1921 near the airport in Paris."
 PAIR = {"question": "When did the hotel open?", "context": CONTEXT}
@@ -56,16 +52,6 @@ ERROR_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
 ]
 
 
-@pytest.fixture
-async def app_client(
-    model_args: list[str], tiny_rerank_bundles: dict[tuple[Arch, Literal["int8", "none"]], Path]
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The server fixtures' app, with a reranker beside the other tasks' models."""
-    reranker = f"reranker={tiny_rerank_bundles[('bert', 'int8')]}"
-    async with running_app([*model_args, reranker]) as pair:
-        yield pair
-
-
 def api_routes() -> list[APIRoute]:
     """The routes ``build_app`` serves, from its routers (the app wraps each included router)."""
     return [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
@@ -88,8 +74,8 @@ async def call(client: httpx.AsyncClient, method: str, path: str, body: dict[str
     return await client.request(method, path, json=body)
 
 
-def test_every_documented_route_is_checked(app_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
-    app, _ = app_client
+def test_every_documented_route_is_checked(every_task_app_client: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, _ = every_task_app_client
     with_models = {
         (method, route.path)
         for route in api_routes()
@@ -110,9 +96,12 @@ def test_every_documented_route_is_checked(app_client: tuple[FastAPI, httpx.Asyn
 
 @pytest.mark.parametrize(("method", "path", "body"), CALLS, ids=[f"{m} {p}" for m, p, _ in CALLS])
 async def test_a_body_matches_its_response_model(
-    app_client: tuple[FastAPI, httpx.AsyncClient], method: str, path: str, body: dict[str, Any] | None
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
 ) -> None:
-    _, client = app_client
+    _, client = every_task_app_client
     response = await call(client, method, path, body)
     assert response.status_code == 200, response.text
     assert_matches(route_for(method, path).response_model, response.json())
@@ -122,9 +111,12 @@ async def test_a_body_matches_its_response_model(
     ("method", "path", "body"), ERROR_CALLS, ids=[f"{m} {p} {b}" for m, p, b in ERROR_CALLS]
 )
 async def test_an_error_body_matches_its_documented_model(
-    app_client: tuple[FastAPI, httpx.AsyncClient], method: str, path: str, body: dict[str, Any] | None
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
 ) -> None:
-    _, client = app_client
+    _, client = every_task_app_client
     response = await call(client, method, path, body)
     documented = route_for(method, path).responses
     assert response.status_code >= 400, response.text
@@ -134,9 +126,9 @@ async def test_an_error_body_matches_its_documented_model(
 
 
 def test_every_inference_route_documents_every_error_status(
-    app_client: tuple[FastAPI, httpx.AsyncClient],
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    app, _ = app_client
+    app, _ = every_task_app_client
     paths = app.openapi()["paths"]
     for path in (
         "/v1/classify",

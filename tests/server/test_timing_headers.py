@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Literal
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from distilserve.server.middleware import TIMING_HEADERS
-from tests.server.conftest import running_app
 from tests.server.test_response_schemas import CALLS, ERROR_CALLS
-from tests.tiny_models import Arch
 
 TIMINGS = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
 MILLISECONDS = re.compile(r"^\d+\.\d{3}$")
-
-
-@pytest.fixture
-async def app_client(
-    model_args: list[str], tiny_rerank_bundles: dict[tuple[Arch, Literal["int8", "none"]], Path]
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The server fixtures' app with a reranker beside the other tasks' models: every inference
-    route has a model to answer with."""
-    reranker = f"reranker={tiny_rerank_bundles[('bert', 'int8')]}"
-    async with running_app([*model_args, reranker]) as pair:
-        yield pair
 
 
 def inference_paths(app: FastAPI) -> frozenset[str]:
@@ -43,9 +27,9 @@ def timings(response: httpx.Response) -> dict[str, float]:
 
 
 async def test_every_inference_route_answers_with_consistent_timing_headers(
-    app_client: tuple[FastAPI, httpx.AsyncClient],
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    app, client = app_client
+    app, client = every_task_app_client
     calls = [(path, body) for method, path, body in CALLS if path in inference_paths(app)]
     assert {path for path, _ in calls} == inference_paths(app)  # every inference route is called
     for path, body in calls:
@@ -61,9 +45,9 @@ async def test_every_inference_route_answers_with_consistent_timing_headers(
 
 @pytest.mark.parametrize(("path", "body"), [(path, body) for _, path, body in ERROR_CALLS])
 async def test_an_error_answer_carries_them_too(
-    app_client: tuple[FastAPI, httpx.AsyncClient], path: str, body: object
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient], path: str, body: object
 ) -> None:
-    _, client = app_client
+    _, client = every_task_app_client
     response = await client.post(path, json=body)
     assert response.status_code >= 400
     figures = timings(response)
@@ -72,9 +56,9 @@ async def test_an_error_answer_carries_them_too(
 
 
 async def test_a_request_id_is_echoed_only_when_it_is_a_sane_token(
-    app_client: tuple[FastAPI, httpx.AsyncClient],
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    _, client = app_client
+    _, client = every_task_app_client
     for sent in ("with space", "x" * 129, ""):
         response = await client.get("/health/ready", headers={"x-request-id": sent})
         assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"]), sent
@@ -84,9 +68,9 @@ async def test_a_request_id_is_echoed_only_when_it_is_a_sane_token(
 
 
 def test_the_openapi_document_lists_the_headers_on_every_inference_answer(
-    app_client: tuple[FastAPI, httpx.AsyncClient],
+    every_task_app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    app, _ = app_client
+    app, _ = every_task_app_client
     paths = app.openapi()["paths"]
     for path in inference_paths(app):
         for status, response in paths[path]["post"]["responses"].items():
