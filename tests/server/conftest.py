@@ -184,6 +184,12 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def engine_of(self, model: str) -> str:
+        """The engine the server runs ``model`` on, from /info: expected outputs are computed on
+        the same one (``engine auto`` may choose the bundle's OpenVINO form, whose int8 differs)."""
+        info = httpx.get(f"{self.url}/info").json()
+        return next(str(entry["engine"]["engine"]) for entry in info["models"] if entry["name"] == model)
+
     def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 30

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import numpy as np
 import pytest
 
@@ -77,10 +76,7 @@ def test_inference_client_feature_extraction(default_server: tuple[LiveServer, S
     text = "How do I reset my password?"
     vectors = client.feature_extraction(text)
     spec = {spec.name: spec for spec in default_model_specs(settings)}[DEFAULT_BUNDLE_NAME]
-    # The same engine as the server's (engine auto may run the bundle's OpenVINO form there).
-    info = httpx.get(f"{server.url}/info").json()
-    engine = next(model["engine"]["engine"] for model in info["models"] if model["name"] == spec.name)
-    expected = load_model(spec.bundle_dir, engine=engine).predict([text])[0]
+    expected = load_model(spec.bundle_dir, engine=server.engine_of(spec.name)).predict([text])[0]
     assert vectors.shape == (1, expected.shape[0])
     np.testing.assert_allclose(vectors[0], expected, atol=1e-5)
 
@@ -102,6 +98,7 @@ def test_langchain_openai_embeddings(default_server: tuple[LiveServer, ServerSet
     documents = np.array(embeddings.embed_documents(texts), dtype=np.float32)
     query = np.array(embeddings.embed_query("password reset"), dtype=np.float32)
     bundle = {spec.name: spec for spec in default_model_specs(settings)}[DEFAULT_BUNDLE_NAME].bundle_dir
-    np.testing.assert_allclose(documents, np.stack(load_model(bundle).predict(texts)), atol=1e-5)
+    expected = np.stack(load_model(bundle, engine=server.engine_of(DEFAULT_BUNDLE_NAME)).predict(texts))
+    np.testing.assert_allclose(documents, expected, atol=1e-5)
     similarities = documents @ query
     assert similarities[:2].min() > similarities[2] + 0.2

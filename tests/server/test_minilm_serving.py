@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -38,11 +37,7 @@ def test_the_default_model_is_built_on_first_use_and_served(default_settings: Se
     with LiveServer(build_app(default_settings, specs)) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         response = client.embeddings.create(model=DEFAULT_MODEL_NAME, input=texts)
-        # Compared on the engine the server chose (engine auto may run the OpenVINO form).
-        info = httpx.get(f"{server.url}/info").json()
-    engine = next(
-        model["engine"]["engine"] for model in info["models"] if model["name"] == DEFAULT_MODEL_NAME
-    )
+        engine = server.engine_of(DEFAULT_MODEL_NAME)
     expected = np.stack(load_model(bundle, engine=engine).predict(texts))
     vectors = np.array([item.embedding for item in response.data], dtype=np.float32)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
