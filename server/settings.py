@@ -229,12 +229,14 @@ class ServerSettings(BaseSettings):
         True, description="let ONNX Runtime threads spin between ops (lower latency when cores are dedicated)"
     )
 
+    # ONNX Runtime by default: OpenVINO's memory under mixed shapes is not yet shown bounded
+    # by the soak (README, "Engines").
     engine: EngineChoice = Field(
-        "auto",
+        "onnxruntime",
         description=(
-            "what runs each model: auto (at start-up, time ONNX Runtime and, for a bundle with an OpenVINO "
+            "what runs each model: onnxruntime (the default), auto (at start-up, time ONNX Runtime and, for a bundle with an OpenVINO "
             "form and the [openvino] extra installed, OpenVINO; keep the faster that agrees; /info says "
-            "why), onnxruntime, or openvino; --intra-op-threads applies to both"
+            "why), or openvino; --intra-op-threads applies to both"
         ),
     )
     # Memory.

@@ -9,9 +9,9 @@ from tests.server.conftest import metric, running_app
 
 
 def test_engine_setting_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ServerSettings().engine == "auto"
-    monkeypatch.setenv("DISTILSERVE_ENGINE", "onnxruntime")
     assert ServerSettings().engine == "onnxruntime"
+    monkeypatch.setenv("DISTILSERVE_ENGINE", "auto")
+    assert ServerSettings().engine == "auto"
     with pytest.raises(ValueError, match="engine"):
         ServerSettings(engine="tensorrt")  # type: ignore[arg-type]
 
