@@ -170,14 +170,15 @@ def wrk_closed_loop(
     Warm-up is the caller's (``loadgen.warm_up``); ``bounds.warmup_requests`` is ignored here.
     """
     require_loopback(url)
-    if not wrk_available():
-        raise WrkUnavailableError("wrk is not installed (Debian: apt-get install wrk)")
+    # The arguments first: a request wrk can never send is refused whether or not wrk is installed.
     if not requests:
         raise ValueError("no requests to send")
     if any(isinstance(request, ChatTurn) for request in requests):
         raise ValueError("wrk sends single requests; chat turns need the Python client")
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    if not wrk_available():
+        raise WrkUnavailableError("wrk is not installed (Debian: apt-get install wrk)")
     threads = max(1, min(threads, concurrency))
     with tempfile.TemporaryDirectory(prefix="distilserve-wrk-") as folder:
         script = Path(folder) / "requests.lua"
