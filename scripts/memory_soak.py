@@ -14,7 +14,7 @@ Two ways to run it:
   docker soak test reads the container's memory from its cgroup).
 
 It prints one line per sample (requests sent, RSS in MB, statuses so far) and a JSON summary,
-and exits 1 when a request got a 5xx or a connection error, or when RSS kept rising after
+and exits 1 when a request got a 5xx other than the deadline's 504, or a connection error, or when RSS kept rising after
 warm-up (``rss_rising``: the last quarter's median more than ``--rise-mb`` above the median of
 the quarter after warm-up).
 
@@ -318,7 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     process.kill()
 
     samples = [rss for _, _, rss in curve]
-    server_errors = sum(count for status, count in results.statuses.items() if status >= 500)
+    # 504 is the server's deadline answer: on a slow CPU a burst outlasts some requests' deadlines.
+    # That depends on the machine's speed, which a memory soak does not judge; any other 5xx fails.
+    server_errors = sum(
+        count for status, count in results.statuses.items() if status >= 500 and status != 504
+    )
     summary = {
         "requests": results.sent,
         "seconds": curve[-1][1] if curve else 0.0,
@@ -328,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "final_rss_mb": samples[-1] if samples else float("nan"),
         "rss_rising": rising(samples, args.rise_mb),
         "statuses": dict(results.statuses),
+        "deadline_exceeded": results.statuses.get(504, 0),
         "connection_errors": dict(results.errors),
         "server_exited": exit_code,
         "curve": curve,
