@@ -14,9 +14,9 @@ Two ways to run it:
   docker soak test reads the container's memory from its cgroup).
 
 It prints one line per sample (requests sent, RSS in MB, statuses so far) and a JSON summary,
-and exits 1 when a request got a 5xx other than the deadline's 504, or a connection error, or when RSS kept rising after
-warm-up (``rss_rising``: the last quarter's median more than ``--rise-mb`` above the median of
-the quarter after warm-up).
+and exits 1 when a request got a 5xx other than the deadline's 504, or a connection error, or
+when RSS kept rising after warm-up (``rss_rising``: the last quarter's median more than
+``--rise-mb`` above the median of the quarter after warm-up).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/memory_soak.py --serve --requests 20000
 """

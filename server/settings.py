@@ -230,13 +230,13 @@ class ServerSettings(BaseSettings):
     )
 
     # ONNX Runtime by default: OpenVINO's memory under mixed shapes is not yet shown bounded
-    # by the soak (README, "Engines").
+    # by the soak (README, "The default engine is `onnxruntime`").
     engine: EngineChoice = Field(
         "onnxruntime",
         description=(
-            "what runs each model: onnxruntime (the default), auto (at start-up, time ONNX Runtime and, for a bundle with an OpenVINO "
-            "form and the [openvino] extra installed, OpenVINO; keep the faster that agrees; /info says "
-            "why), or openvino; --intra-op-threads applies to both"
+            "what runs each model: onnxruntime (the default), auto (at start-up, time ONNX Runtime and, "
+            "for a bundle with an OpenVINO form and the [openvino] extra installed, OpenVINO; keep the "
+            "faster that agrees; /info says why), or openvino; --intra-op-threads applies to both"
         ),
     )
     # Memory.
