@@ -29,7 +29,7 @@ from distilserve.models.engines.base import Engine, EngineChoice
 from distilserve.models.engines.loading import open_engine
 from distilserve.models.engines.select import EngineSelection
 from distilserve.models.errors import BundleError, InputError
-from distilserve.models.export.isa import Isa, detect_isa, log_isa_fit
+from distilserve.models.export.isa import Isa, detect_isa
 from distilserve.models.session import SessionOptions
 from distilserve.models.tasks import Prepared, TaskProcessor, processor_for
 from distilserve.models.tokenization import ThreadSafeTokenizer
@@ -131,26 +131,24 @@ def load_model(
     an OpenVINO form and OpenVINO is installed, OpenVINO, and keeps the faster one that agrees
     (``models.engines.select``); ``runtime.selection`` says which and why.
 
-    An int8 bundle quantized for another kind of CPU still loads, with a warning that names the
-    fix (``log_isa_fit``); ``detect_cpu_isa`` reads this machine's (tests pass a fake one).
+    An int8 bundle quantized for another kind of CPU has its weights refitted for this one as
+    it loads, without loss (``models.engines.int8_weights``; ``runtime.selection.weights`` says
+    so); what cannot be refitted loads as it is, with a warning that names the fix.
+    ``detect_cpu_isa`` reads this machine's ISA (tests pass a fake one).
     """
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir, verify_hashes=verify_hashes)
-    quantization = manifest.quantization
-    if quantization.mode == "int8":
-        log_isa_fit(
-            bundle_dir,
-            quantization.isa,
-            quantization.weight_type,
-            detect_cpu_isa,
-            source=manifest.source.id,
-        )
     try:
         tokenizer = ThreadSafeTokenizer.from_file(bundle_dir / TOKENIZER_NAME)
     except Exception as exc:  # tokenizers raises plain Exception subclasses for bad JSON
         raise BundleError(bundle_dir / TOKENIZER_NAME, f"cannot load tokenizer ({exc})") from exc
     session, selection = open_engine(
-        bundle_dir, manifest, tokenizer, session_options or SessionOptions(), engine
+        bundle_dir,
+        manifest,
+        tokenizer,
+        session_options or SessionOptions(),
+        engine,
+        cpu_isa=detect_cpu_isa(),
     )
     logger.info(
         "model loaded on %s %s (%s)",

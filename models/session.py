@@ -77,7 +77,11 @@ def cpu_count(cgroup_root: Path = CGROUP_ROOT) -> int:
 class OnnxSession:
     """One ONNX Runtime inference session on the CPU execution provider."""
 
-    def __init__(self, model_path: Path | str, options: SessionOptions = SessionOptions()) -> None:
+    def __init__(
+        self, model_path: Path | str, options: SessionOptions = SessionOptions(), model: bytes | None = None
+    ) -> None:
+        """``model``, when given, is the graph to run in place of the file's (the file's weights
+        refitted for this CPU, ``models.engines.int8_weights``); ``model_path`` still names it."""
         self.model_path = Path(model_path)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = (
@@ -92,7 +96,9 @@ class OnnxSession:
             "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
         )
         self._session = ort.InferenceSession(
-            str(self.model_path), sess_options=session_options, providers=["CPUExecutionProvider"]
+            str(self.model_path) if model is None else model,
+            sess_options=session_options,
+            providers=["CPUExecutionProvider"],
         )
         self.release_memory = options.release_memory
         self.release_above_cells = options.release_above_cells

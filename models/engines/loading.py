@@ -6,15 +6,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from distilserve.models.bundle import MODEL_NAME, Manifest, ParityCheck
 from distilserve.models.engines.base import Engine, EngineChoice
+from distilserve.models.engines.int8_weights import fit_to_cpu
 from distilserve.models.engines.onnxruntime import OnnxRuntimeEngine
 from distilserve.models.engines.openvino import OpenVinoEngine, openvino_missing, run_precision
 from distilserve.models.engines.select import PROBE_ROUNDS, Agreement, EngineSelection, choose_engine
 from distilserve.models.errors import BundleError
-from distilserve.models.export.isa import cpu_flags, read_cpuinfo
+from distilserve.models.export.isa import Isa, cpu_flags, detect_isa, read_cpuinfo
 from distilserve.models.export.parity import (
     Outputs,
     SampleBatch,
@@ -45,9 +47,15 @@ def openvino_model(bundle_dir: Path, manifest: Manifest) -> tuple[Path, str] | s
     return "the bundle has no OpenVINO form (export it with --openvino int8)"
 
 
-def open_onnxruntime(bundle_dir: Path, manifest: Manifest, options: SessionOptions) -> Engine:
+def open_onnxruntime(
+    bundle_dir: Path, manifest: Manifest, options: SessionOptions, cpu_isa: Isa | None = None
+) -> OnnxRuntimeEngine:
+    """ONNX Runtime on the bundle's graph, its int8 weights fitted to ``cpu_isa`` (this machine's
+    when None): a bundle exported on another kind of CPU is served at its checked accuracy."""
+    path = bundle_dir / MODEL_NAME
+    fit = fit_to_cpu(path, manifest, detect_isa() if cpu_isa is None else cpu_isa)
     try:
-        return OnnxRuntimeEngine(bundle_dir / MODEL_NAME, options, onnx_precision(manifest))
+        return OnnxRuntimeEngine(path, options, onnx_precision(manifest), fit)
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         raise BundleError(bundle_dir / MODEL_NAME, f"cannot load ONNX model ({exc})") from exc
 
@@ -102,12 +110,30 @@ def open_engine(
     *,
     rounds: int = PROBE_ROUNDS,
     clock: Callable[[], float] = time.perf_counter,
+    cpu_isa: Isa | None = None,
 ) -> tuple[Engine, EngineSelection]:
     """The engine that runs the bundle and why. ``onnxruntime`` and ``openvino`` are taken as
-    asked (``openvino`` fails with the reason where it cannot run); ``auto`` measures."""
+    asked (``openvino`` fails with the reason where it cannot run); ``auto`` measures.
+    ``cpu_isa`` is the CPU ONNX Runtime's int8 weights are fitted to (None: this machine's)."""
+    engine, selection = _open_engine(bundle_dir, manifest, tokenizer, options, choice, rounds, clock, cpu_isa)
+    if isinstance(engine, OnnxRuntimeEngine) and engine.weights is not None:
+        selection = replace(selection, weights=engine.weights)
+    return engine, selection
+
+
+def _open_engine(
+    bundle_dir: Path,
+    manifest: Manifest,
+    tokenizer: ThreadSafeTokenizer,
+    options: SessionOptions,
+    choice: EngineChoice,
+    rounds: int,
+    clock: Callable[[], float],
+    cpu_isa: Isa | None,
+) -> tuple[Engine, EngineSelection]:
     global _missing_logged
     if choice == "onnxruntime":
-        engine = open_onnxruntime(bundle_dir, manifest, options)
+        engine = open_onnxruntime(bundle_dir, manifest, options, cpu_isa)
         return engine, EngineSelection(
             engine.name, engine.precision, choice, "asked for (--engine onnxruntime)"
         )
@@ -116,7 +142,7 @@ def open_engine(
         if isinstance(opened, str):
             raise BundleError(bundle_dir, f"--engine openvino cannot run this bundle: {opened}")
         return opened, EngineSelection(opened.name, opened.precision, choice, "asked for (--engine openvino)")
-    reference = open_onnxruntime(bundle_dir, manifest, options)
+    reference = open_onnxruntime(bundle_dir, manifest, options, cpu_isa)
     missing = openvino_missing()
     if missing is not None and not _missing_logged:
         _missing_logged = True

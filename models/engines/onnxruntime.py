@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from distilserve.models.engines.base import EngineName
+from distilserve.models.engines.int8_weights import WeightFit
 from distilserve.models.session import OnnxSession, SessionOptions
 
 
@@ -15,10 +16,15 @@ class OnnxRuntimeEngine:
 
     name: EngineName = "onnxruntime"
 
-    def __init__(self, model_path: Path, options: SessionOptions, precision: str) -> None:
-        self.session = OnnxSession(model_path, options)
+    def __init__(
+        self, model_path: Path, options: SessionOptions, precision: str, fit: WeightFit | None = None
+    ) -> None:
+        fit = fit or WeightFit()
+        self.session = OnnxSession(model_path, options, fit.model)
         self.model_path = Path(model_path)
         self.precision = precision
+        # How the int8 weights were fitted to this CPU at load, or None: as the bundle has them.
+        self.weights = fit.note
         self.threads = options.intra_op_threads
         self.input_names = self.session.input_names
         self.output_names = self.session.output_names
@@ -34,4 +40,5 @@ class OnnxRuntimeEngine:
             "precision": self.precision,
             "threads": self.threads,
             "model": self.model_path.name,
+            "weights": self.weights,
         }

@@ -47,6 +47,9 @@ class EngineSelection:
     requested: EngineChoice
     reason: str
     timings: list[EngineTiming] = field(default_factory=list)
+    # ONNX Runtime's int8 weights when they were refitted for this CPU at load
+    # (``models.engines.int8_weights``); None when they run as the bundle has them.
+    weights: str | None = None
 
     def as_info(self) -> dict[str, object]:
         return asdict(self)

@@ -1,8 +1,9 @@
-"""Loading an int8 bundle on a CPU its scheme was not made for warns, naming the fix.
+"""Loading an int8 bundle on a CPU its scheme was not made for refits its weights for that CPU.
 
 The CPU is faked through ``load_model(detect_cpu_isa=...)``, so the test means the same on any
 machine: the tiny bundles are exported for this machine, and the fake CPU is one whose kernels
-want the other weight type.
+want the other weight type. ``tests/models/engines/test_int8_weights.py`` covers the rewrite and
+the warning where weights cannot move.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distilserve.models import load_model
 from distilserve.models.bundle import load_manifest
-from distilserve.models.export.isa import SCHEMES, Isa, isa_misfit
+from distilserve.models.export.isa import SCHEMES, Isa, detect_isa, isa_misfit
 from tests.tiny_models import Arch, TinyTask
 
 BundleMap = dict[tuple[Arch, TinyTask], Path]
@@ -24,21 +26,38 @@ def mismatches(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if getattr(record, "event", None) == "isa_mismatch"]
 
 
-def test_a_bundle_for_another_cpu_warns_with_the_fix(
+def test_a_bundle_for_another_cpu_is_refitted_at_load_and_answers_the_same(
     tiny_int8_bundles: BundleMap, caplog: pytest.LogCaptureFixture
 ) -> None:
     bundle = tiny_int8_bundles[("bert", "text-classification")]
     quantization = load_manifest(bundle).quantization
     other_cpu: Isa = "avx2" if quantization.weight_type == "QInt8" else "avx512_vnni"
+    texts = ["still serves", "a second, longer sentence than the first one"]
+    as_exported = load_model(bundle, engine="onnxruntime")
     with caplog.at_level(logging.WARNING):
-        model = load_model(bundle, detect_cpu_isa=lambda: other_cpu)
-    assert model.predict(["still serves"])  # a warning, not a refusal
-    (record,) = mismatches(caplog)
-    assert record.levelno == logging.WARNING
-    assert record.__dict__["cpu_isa"] == other_cpu
-    assert record.__dict__["bundle_isa"] == quantization.isa
-    assert record.__dict__["wanted_weight_type"] == SCHEMES[other_cpu].weight_type
-    assert "--isa auto" in record.__dict__["fix"] and "--isa auto" in record.getMessage()
+        refitted = load_model(bundle, detect_cpu_isa=lambda: other_cpu, engine="onnxruntime")
+    assert mismatches(caplog) == []
+    assert as_exported.selection.weights is None
+    assert refitted.selection.weights is not None
+    assert SCHEMES[other_cpu].weight_type in refitted.selection.weights
+    assert refitted.selection.as_info()["weights"] == refitted.selection.weights
+    expected = [sorted((s.label, s.score) for s in answer) for answer in as_exported.predict(texts)]
+    got = [sorted((s.label, s.score) for s in answer) for answer in refitted.predict(texts)]
+    if SCHEMES[detect_isa()].weight_type == "QInt8":
+        # This CPU has VNNI (or is arm64): u8 x s8 and u8 x u8 both sum exactly, so moving the
+        # weights by 128 changes nothing.
+        assert got == expected
+    else:
+        # AVX2 without VNNI: the refitted s8 weights go through vpmaddubsw, which may saturate
+        # (the reason the real refit goes the other way here).
+        assert [[label for label, _ in answer] for answer in got] == [
+            [label for label, _ in answer] for answer in expected
+        ]
+        np.testing.assert_allclose(
+            [[score for _, score in answer] for answer in got],
+            [[score for _, score in answer] for answer in expected],
+            atol=0.05,
+        )
 
 
 def test_a_bundle_for_this_kind_of_cpu_loads_quietly(
