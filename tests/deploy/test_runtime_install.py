@@ -27,6 +27,18 @@ PACKAGE_SOURCES = ("pyproject.toml", "README.md", "distilserve", "models", "serv
 EXPORT_ONLY = ("torch", "transformers", "optimum", "onnx")
 # The runtime environment is about 250 MB; far more means an export dependency crept in.
 MAX_RUNTIME_MB = 400
+# Loads an int8 bundle as if on the other kind of CPU, so that its weights are refitted
+# (models/engines/int8_weights.py): that reads and writes the graph with protobuf alone.
+LOAD_REFITTED = """
+import sys
+from distilserve.models import load_manifest, load_model
+bundle = sys.argv[1]
+other_cpu = "avx2" if load_manifest(bundle).quantization.weight_type == "QInt8" else "avx512_vnni"
+model = load_model(bundle, detect_cpu_isa=lambda: other_cpu, engine="onnxruntime")
+assert model.selection.weights is not None, model.selection
+(scores,) = model.predict(["A gripping, beautifully shot film."])
+print(model.selection.weights, scores[0].label)
+"""
 
 
 def tree_bytes(root: Path) -> int:
@@ -79,6 +91,9 @@ def test_runtime_install_serves_without_torch(
         imported = run([str(python), "-c", f"import {module}"])
         assert imported.returncode != 0, f"`import {module}` works in the runtime environment"
         assert "ModuleNotFoundError" in imported.stderr
+    refitted = run([str(python), "-c", LOAD_REFITTED, str(classify_bundle)])
+    assert refitted.returncode == 0, refitted.stdout + refitted.stderr
+    assert "refitted at load" in refitted.stdout
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
