@@ -46,7 +46,6 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "distilserve_request_id", default=None
 )
 
-ENGINE = "onnxruntime"
 # The key, in the request's state (``scope["state"]``), of its ``RequestTrace``.
 TRACE = "trace"
 

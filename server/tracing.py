@@ -46,7 +46,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from distilserve.server.metrics import ServerMetrics
-from distilserve.server.observer import ENGINE, BatchReport, Observer, RequestTrace
+from distilserve.server.observer import BatchReport, Observer, RequestTrace
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ TASK = "distilserve.task"
 ITEMS = "distilserve.items"
 TOKENS = "distilserve.tokens"
 ENGINE_ATTRIBUTE = "distilserve.engine"
+# For a model the observer was not told of (a span can only come from a loaded model).
+UNKNOWN_ENGINE = "unknown"
 REQUEST_ID = "distilserve.request_id"
 BATCH_ROWS = "distilserve.batch.rows"
 BATCH_TOKENS = "distilserve.batch.tokens"
@@ -188,6 +190,12 @@ class TracingObserver(Observer):
         self.tracer = provider.get_tracer("distilserve.server")
         # perf_counter seconds to epoch nanoseconds: the stages are timed on perf_counter.
         self._epoch_offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
+        # The engine each model runs on (``model_loaded``): ONNX Runtime or OpenVINO, chosen per
+        # model at load (``--engine``).
+        self.engines: dict[str, str] = {}
+
+    def model_loaded(self, model: str, task: str, quantization: str, engine: str) -> None:
+        self.engines[model] = engine
 
     def _ns(self, seconds: float) -> int:
         return int(seconds * 1e9) + self._epoch_offset_ns
@@ -275,7 +283,7 @@ class TracingObserver(Observer):
             start_time=self._ns(started),
             attributes={
                 MODEL: batch.model,
-                ENGINE_ATTRIBUTE: ENGINE,
+                ENGINE_ATTRIBUTE: self.engines.get(batch.model, UNKNOWN_ENGINE),
                 BATCH_ROWS: batch.rows,
                 BATCH_TOKENS: batch.tokens,
                 BATCH_PADDED_TOKENS: batch.padded_tokens,
@@ -295,7 +303,8 @@ class TracingObserver(Observer):
             attributes["http.route"] = route
             span.update_name(f"{span.attributes.get('http.request.method', '')} {route}".strip())
         if trace_.model:
-            attributes.update({MODEL: trace_.model, TASK: trace_.task, ENGINE_ATTRIBUTE: ENGINE})
+            engine = self.engines.get(trace_.model, UNKNOWN_ENGINE)
+            attributes.update({MODEL: trace_.model, TASK: trace_.task, ENGINE_ATTRIBUTE: engine})
             attributes.update({ITEMS: trace_.items, TOKENS: trace_.tokens})
         if status >= 400:
             attributes["error.type"] = str(status)

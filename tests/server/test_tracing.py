@@ -299,3 +299,37 @@ async def test_the_request_id_is_in_the_requests_log_lines(model_args: list[str]
         access.setLevel(old_level)
     assert response.headers["x-request-id"] == "log-me"
     assert [getattr(record, "request_id", None) for record in records] == ["log-me"]
+
+
+def test_spans_name_the_engine_each_model_was_loaded_on() -> None:
+    """Models run on ONNX Runtime or OpenVINO, chosen per model (``--engine``): each span says
+    which, from the observer's ``model_loaded``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from distilserve.server.observer import BatchReport, RequestTrace
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    observer = TracingObserver(provider)
+    observer.model_loaded("reader", "question-answering", "int8", "openvino")
+    observer.model_loaded("sentiment", "text-classification", "int8", "onnxruntime")
+    for request_id, model in (("on-openvino", "reader"), ("on-onnxruntime", "sentiment")):
+        request = RequestTrace(request_id, 1.0)
+        request.span = observer.tracer.start_span("POST", attributes={"http.request.method": "POST"})
+        request.model, request.task = model, "any"
+        observer.batch_ran(BatchReport(model, 1, 4, 4, [request]), 2.0, 3.0, None)
+        observer.answered(request, "/v1/any", 200, 4.0)
+    engines = {
+        (span.name, span.attributes["distilserve.model"]): span.attributes["distilserve.engine"]
+        for span in exporter.get_finished_spans()
+    }
+    assert engines == {
+        ("batch", "reader"): "openvino",
+        ("POST /v1/any", "reader"): "openvino",
+        ("batch", "sentiment"): "onnxruntime",
+        ("POST /v1/any", "sentiment"): "onnxruntime",
+    }
+    provider.shutdown()
