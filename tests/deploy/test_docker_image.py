@@ -429,8 +429,13 @@ SOAK_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "memory_soak.py"
 # Bounded: this many requests, or this long, whichever comes first (loopback only).
 SOAK_REQUESTS = 3000
 SOAK_MAX_S = 900
-# The container's anonymous memory (the processes' heaps and arenas; no page cache), in bytes.
-ANON_MEMORY = "awk '$1 == \"anon\" {print $2}' /sys/fs/cgroup/memory.stat"
+# The container's anonymous memory (the processes' heaps and arenas; no page cache), in bytes:
+# cgroup v2's ``anon``, or v1's ``total_rss`` where Docker runs on cgroup v1 (as CI's does).
+ANON_MEMORY = (
+    "if [ -f /sys/fs/cgroup/memory.stat ]; "
+    "then awk '$1 == \"anon\" {print $2}' /sys/fs/cgroup/memory.stat; "
+    "else awk '$1 == \"total_rss\" {print $2}' /sys/fs/cgroup/memory/memory.stat; fi"
+)
 
 
 def test_memory_stays_within_the_limit_and_flat_under_mixed_traffic(image: str, tmp_path: Path) -> None:
@@ -453,6 +458,7 @@ def test_memory_stays_within_the_limit_and_flat_under_mixed_traffic(image: str, 
         docker("rm", "--force", running.name, check=False)
     print(soak.stdout[-4000:])
     assert oom_killed == "false" and state == "running", f"{state}, OOM killed: {oom_killed}\n{logs[-3000:]}"
+    assert summary_path.is_file(), f"the soak wrote no summary:\n{soak.stderr[-3000:]}"
     summary = json.loads(summary_path.read_text())
     server_errors = {status: n for status, n in summary["statuses"].items() if int(status) >= 500}
     assert not server_errors and not summary["connection_errors"], soak.stdout[-3000:]
