@@ -1,7 +1,8 @@
 """Issue 23's three throughput goals in one run, interleaved: c=32 on the SST-2 student through
 `distilserve bench --url`, against servers started from two checkouts: BEFORE (a checkout of the
-code before the observer) and this one with tracing off, on (100% sampling, to scripts/otlp_sink.py)
-and down (an endpoint nothing listens on). Prints each run, the medians and the three ratios.
+code before the observer, or before a change to tracing) with tracing off and on, and this one
+with tracing off, on (100% sampling, to scripts/otlp_sink.py) and down (an endpoint nothing
+listens on). Prints each run, the medians and the ratios.
 
     python scripts/bench_tracing.py BEFORE_CHECKOUT [REPEATS] [DURATION_S]
 """
@@ -15,6 +16,7 @@ DATA = os.environ.get("DISTILSERVE_DATA_DIR", os.path.join(os.path.dirname(WT), 
 OUT = os.path.join(WT, "runs", "bench-tracing"); os.makedirs(OUT, exist_ok=True)
 VARIANTS = {
     "before": (BEFORE, []),
+    "before_on": (BEFORE, ["--otlp-endpoint", "http://127.0.0.1:14317"]),
     "off": (WT, []),
     "on": (WT, ["--otlp-endpoint", "http://127.0.0.1:14317"]),
     "down": (WT, ["--otlp-endpoint", "http://127.0.0.1:14399"]),
@@ -63,6 +65,7 @@ finally:
 med = {k: statistics.median(v) for k, v in results.items() if v}
 print("medians", {k: round(v, 1) for k, v in med.items()})
 print("off/before", round(med["off"] / med["before"], 3), "on/off", round(med["on"] / med["off"], 3),
-      "down/off", round(med["down"] / med["off"], 3))
+      "down/off", round(med["down"] / med["off"], 3), "on/before_on", round(med["on"] / med["before_on"], 3),
+      "before: on/off", round(med["before_on"] / med["before"], 3))
 print("errors", errors)
 print("load", open("/proc/loadavg").read().strip())

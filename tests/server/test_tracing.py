@@ -333,3 +333,41 @@ def test_spans_name_the_engine_each_model_was_loaded_on() -> None:
         ("POST /v1/any", "sentiment"): "onnxruntime",
     }
     provider.shutdown()
+
+
+# Run in its own interpreter: it sets OpenTelemetry's global tracer provider, which stays set.
+FASTAPI_SPANS = """
+import sys
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.testclient import TestClient
+
+from distilserve.server.app import native_telemetry_off
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+for name, options in (("plain", {}), ("distilserve", native_telemetry_off())):
+    app = FastAPI(**options)
+    app.get("/ping")(lambda: {"ok": True})
+    with TestClient(app) as client:
+        assert client.get("/ping").status_code == 200
+    print(name, len(exporter.get_finished_spans()))
+    exporter.clear()
+"""
+
+
+def test_fastapis_own_telemetry_is_off_so_the_observer_is_the_only_source_of_spans() -> None:
+    import subprocess
+    import sys
+
+    ran = subprocess.run([sys.executable, "-c", FASTAPI_SPANS], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    counts = dict(line.split() for line in ran.stdout.splitlines())
+    # A plain FastAPI traces the request to a global provider; the server's app does not.
+    assert int(counts["plain"]) > 0, ran.stdout
+    assert counts["distilserve"] == "0", ran.stdout
