@@ -123,7 +123,7 @@ def _model_class() -> Any:
 
 
 def _element_count(tensor: Any) -> int:
-    return int(np.prod(list(tensor.dims), dtype=np.int64)) if len(tensor.dims) else 1
+    return int(np.prod(list(tensor.dims), dtype=np.int64))  # 1 for a scalar (no dims)
 
 
 def _stored_values(tensor: Any) -> np.ndarray | None:
@@ -238,9 +238,7 @@ def fit_to_cpu(model_path: Path, manifest: Manifest, cpu_isa: Isa) -> WeightFit:
     refit = refit_weights(model_path.read_bytes(), wanted)
     if refit.left or not refit.weights:
         # Not all of it: the rest keeps the misfit, which the warning names with its fix.
-        log_isa_fit(
-            bundle, quantization.isa, quantization.weight_type, lambda: cpu_isa, source=manifest.source.id
-        )
+        log_isa_fit(bundle, quantization.isa, quantization.weight_type, cpu_isa, source=manifest.source.id)
         if not refit.weights:
             return WeightFit()
     note = (

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -132,16 +131,14 @@ def log_isa_fit(
     bundle: Path,
     bundle_isa: str | None,
     bundle_weight_type: str | None,
-    detect: Callable[[], Isa] = detect_isa,
+    cpu_isa: Isa,
     *,
     source: str | None = None,
 ) -> str | None:
-    """Warn, with the fix, when an int8 bundle was quantized for another kind of CPU than this one.
-
-    ``detect`` gives this machine's ISA (tests pass a fake one); ``source`` is the checkpoint
-    the bundle came from (its manifest's source id). Returns the reason, or None.
+    """Warn, with the fix, when an int8 bundle was quantized for another kind of CPU than
+    ``cpu_isa``, the serving one's. ``source`` is the checkpoint the bundle came from (its
+    manifest's source id). Returns the reason, or None.
     """
-    cpu_isa = detect()
     reason = isa_misfit(bundle_isa, bundle_weight_type, cpu_isa)
     if reason is not None:
         fix = f"distilserve export SOURCE --output {bundle} --overwrite --isa auto"
