@@ -1,10 +1,10 @@
 """What happens around a request's work on the HTTP side: admission, deadline, disconnects.
 
-- ``Admission`` counts requests in flight and refuses one over ``max_queue_requests`` with 429
-  (``distilserve.server.http_protocol`` asks it as soon as the headers are parsed, without the app, and
-  ``distilserve.server.routing.InferenceRoute`` before the body is read, so a refusal is cheap),
-  and turns ``X-Request-Timeout`` (or the default) into the request's deadline, counted from
-  the request's arrival (``distilserve.server.middleware.ArrivalMiddleware``).
+- ``Admission`` counts requests in flight, says when there are ``max_queue_requests`` of them
+  (the gate, ``distilserve.server.gate``, refuses the next with 429, at the protocol or before the
+  body is read, so a refusal is cheap), and turns ``X-Request-Timeout`` (or the default) into
+  the request's deadline, counted from the request's arrival
+  (``distilserve.server.middleware.ArrivalMiddleware``).
 - ``with_cancellation`` wraps a route handler, as vLLM's decorator of that name does: the
   handler runs beside a watch on the connection; if the client leaves first, the handler is
   cancelled, so its queued rows are dropped before they are computed.
@@ -68,27 +68,21 @@ class Admission:
 
     @property
     def full(self) -> bool:
-        """Whether a request arriving now is refused (``distilserve.server.http_protocol`` asks it too)."""
+        """Whether a request arriving now is refused (the gate asks)."""
         return self.inflight >= self.max_requests
 
     def count_refusal(self, model: str = "", trace: RequestTrace | None = None) -> None:
         self.observer.refused(trace, model, "queue_requests")
 
     @contextlib.contextmanager
-    def admit(self, model: str = "", trace: RequestTrace | None = None) -> Iterator[None]:
-        """Count a request as in flight, or refuse it with 429 when the server is full."""
-        started = time.perf_counter()
-        if self.full:
-            self.count_refusal(model, trace)
-            raise ApiError(
-                429,
-                f"server is at capacity ({self.inflight} requests in flight); retry later",
-                code="queue_full",
-                headers={"Retry-After": RETRY_AFTER_S},
-            )
+    def holding(self, trace: RequestTrace | None = None, started: float | None = None) -> Iterator[None]:
+        """Count a request as in flight while the block runs. Whether it may enter is the gate's
+        decision (``distilserve.server.gate.Gate.admit``); ``started`` is when it asked."""
         self.inflight += 1
         self.observer.inflight_changed(self.inflight)
-        self.observer.admitted(trace, started, time.perf_counter())
+        self.observer.admitted(
+            trace, time.perf_counter() if started is None else started, time.perf_counter()
+        )
         try:
             yield
         finally:

@@ -88,7 +88,12 @@ def build_app(
         engine=settings.engine,
         memory_budget_bytes=settings.memory_budget_bytes(),
     )
-    services = Services.build(settings, registry, metrics, observer, tasks, topology)
+    # The paths admission guards, which the protocol may refuse before the app sees them (the
+    # routers are included without a prefix).
+    admitted_paths = frozenset(
+        route.path for router in routers for route in router.routes if isinstance(route, InferenceRoute)
+    )
+    services = Services.build(settings, registry, metrics, observer, tasks, topology, admitted_paths)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -120,11 +125,6 @@ def build_app(
         **native_telemetry_off(),
     )
     app.state.services = services
-    # The paths admission guards, which server.http_protocol may refuse before the app sees them
-    # (the routers are included without a prefix).
-    app.state.admitted_paths = frozenset(
-        route.path for router in routers for route in router.routes if isinstance(route, InferenceRoute)
-    )
     for router in routers:
         app.include_router(router)
     if keyed_docs:
@@ -145,7 +145,7 @@ def build_app(
     app.add_middleware(
         ObservingMiddleware,
         observer=observer,
-        timed_paths=app.state.admitted_paths,
+        timed_paths=admitted_paths,
         access_log=settings.access_log,
     )
     app.add_middleware(ArrivalMiddleware)  # outermost: added last

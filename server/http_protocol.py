@@ -18,12 +18,9 @@ header, holds its descriptor forever, and enough of them exhaust the process's d
   for up to ``LINGER_S``; closing at once with unread data makes the kernel send a reset, which
   can destroy the answer before the client reads it;
 - answers that need no application, written in the callback that parsed the headers, with no
-  ASGI task, middleware or routing (``FastAnswers``): ``/health/live``, and the 429 for an
-  inference route while ``distilserve.server.admission.Admission`` is full. Under overload most requests
-  are refused, so the refusal must cost a small fraction of an answer, or refusing starves the
-  admitted work of the CPU; and a liveness probe must not wait behind the requests it competes
-  with. The ASGI side refuses the same way (``distilserve.server.routing.InferenceRoute``) for what gets
-  past this check (requests started in the same loop turn, apps served without this protocol).
+  ASGI task, middleware or routing: ``/health/live``, and the 429 for an inference route while
+  admission is full. What to answer is the gate's decision (``distilserve.server.gate.Gate``),
+  the same object the routes ask; this class only writes it.
 
 The body-read timeout is the ASGI side's (``distilserve.server.middleware.BodyLimitMiddleware``): by then
 the request is routed and counted, and its answer goes through the metrics.
@@ -32,9 +29,6 @@ the request is routed and counted, and its answer goes through the metrics.
 from __future__ import annotations
 
 import asyncio
-import functools
-import hmac
-from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -43,12 +37,10 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from distilserve.server import clock
-from distilserve.server.admission import RETRY_AFTER_S, Admission
 from distilserve.server.errors import error_body
+from distilserve.server.gate import LIVE_PATH, Gate, live_response, raw_response
 from distilserve.server.middleware import ARRIVED_AT
-from distilserve.server.observer import Observer
 
-LIVE_PATH = "/health/live"
 # Answered even over the connection limit: a liveness probe must not fail because of load.
 ALWAYS_ANSWERED = frozenset({LIVE_PATH})
 # How long a closing connection keeps reading (and dropping) a body the answer made unneeded.
@@ -79,68 +71,9 @@ class LingeringTransport:
         protocol.loop.call_later(LINGER_S, transport.close)
 
 
-def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:
+def _raw_error(status: int, message: str, code: str) -> bytes:
     """A whole HTTP/1.1 error response that closes the connection, for the protocol level."""
-    body = orjson.dumps(error_body(status, message, code))
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-def _raw_answer(status: int, reason: str, body: bytes, extra_headers: str, *, keep_alive: bool) -> bytes:
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n{extra_headers}"
-        f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-@functools.cache
-def _refusal_bytes(max_requests: int, keep_alive: bool) -> bytes:
-    """The protocol's 429, the same each time: made once, not per refusal."""
-    message = f"server is at capacity ({max_requests} requests in flight); retry later"
-    body = orjson.dumps(error_body(429, message, "queue_full"))
-    retry = f"retry-after: {RETRY_AFTER_S}\r\n"
-    return _raw_answer(429, "Too Many Requests", body, retry, keep_alive=keep_alive)
-
-
-LIVE_BODY = orjson.dumps({"status": "ok"})  # server.service.protocol.Health, as /health/live answers it
-
-
-@dataclass(frozen=True, slots=True)
-class FastAnswers:
-    """What the protocol may answer by itself, and what it needs to decide: the app's admission,
-    the paths it admits (``InferenceRoute``'s), the API key (a request without it gets its 401
-    from the app: the key is checked before admission there too) and the metrics to count in."""
-
-    admission: Admission
-    admitted_paths: frozenset[str]
-    api_key: bytes | None
-    observer: Observer
-
-    def refusal(self, path: str, method: str, headers: list[tuple[bytes, bytes]]) -> bool:
-        """True when this request gets the queue-full 429 without reaching the app."""
-        if method != "POST" or path not in self.admitted_paths or not self.admission.full:
-            return False
-        if self.api_key is not None and not self._has_key(headers):
-            return False
-        self.admission.count_refusal()
-        self.observer.answered_fast(path, 429)
-        return True
-
-    def _has_key(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        assert self.api_key is not None
-        for name, value in headers:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
-        return False
-
-    def refusal_bytes(self, *, keep_alive: bool) -> bytes:
-        return _refusal_bytes(self.admission.max_requests, keep_alive)
+    return raw_response(status, orjson.dumps(error_body(status, message, code)), None, keep_alive=False)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -148,7 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     header_timeout_s: float = 10.0
     max_connections: int = 1000
-    fast_answers: FastAnswers | None = None
+    gate: Gate | None = None  # the app's; None for an app that build_app did not build
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -184,7 +117,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(
                 _raw_error(
                     400,
-                    "Bad Request",
                     "the request body ended (the client closed its side) before it was complete",
                     "incomplete_body",
                 )
@@ -217,7 +149,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._reading_headers:
             message = f"request headers did not arrive within {self.header_timeout_s:g} s"
-            self.transport.write(_raw_error(408, "Request Timeout", message, "header_timeout"))
+            self.transport.write(_raw_error(408, message, "header_timeout"))
         # A connection that sent nothing is closed without an answer: there is no request to answer.
         self.transport.close()
 
@@ -283,14 +215,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False  # uvicorn's own handling answers it
         # A client that waits for "100 Continue" may never send its body: close after answering.
         keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
+        gate = self.gate
         if path == LIVE_PATH.encode() and method == b"GET":
-            answer = _raw_answer(200, "OK", LIVE_BODY, "", keep_alive=keep_alive)
-            if self.fast_answers is not None:
-                self.fast_answers.observer.answered_fast(LIVE_PATH, 200)
-        elif self.fast_answers is not None and self.fast_answers.refusal(
+            if gate is None:
+                answer = live_response(keep_alive=keep_alive)
+            else:
+                answer = gate.live_bytes(keep_alive=keep_alive)
+        elif gate is not None and gate.refuses(
             path.decode("ascii", "replace"), method.decode("ascii"), self.headers
         ):
-            answer = self.fast_answers.refusal_bytes(keep_alive=keep_alive)
+            answer = gate.refusal_bytes(keep_alive=keep_alive)
         else:
             return False
         self.transport.write(answer)
@@ -320,12 +254,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # HTTP syntax errors -------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_raw_error(400, "Bad Request", msg, "invalid_http"))
+        self.transport.write(_raw_error(400, msg, "invalid_http"))
         self.transport.close()
 
 
 def guarded_protocol(
-    *, header_timeout_s: float, max_connections: int, fast_answers: FastAnswers | None = None
+    *, header_timeout_s: float, max_connections: int, gate: Gate | None = None
 ) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for one server (uvicorn instantiates it per connection)."""
     return type(
@@ -334,6 +268,6 @@ def guarded_protocol(
         {
             "header_timeout_s": header_timeout_s,
             "max_connections": max_connections,
-            "fast_answers": fast_answers,
+            "gate": gate,
         },
     )

@@ -21,7 +21,8 @@ from distilserve.models.export.default_model import (
     ensure_default_bundle,
 )
 from distilserve.server.app import build_app
-from distilserve.server.http_protocol import FastAnswers, guarded_protocol
+from distilserve.server.gate import Gate
+from distilserve.server.http_protocol import guarded_protocol
 from distilserve.server.observer import TracingUnavailableError, check_tracing_installed, resolve_endpoint
 from distilserve.server.registry import ModelRegistry
 from distilserve.server.services import Services
@@ -110,21 +111,11 @@ def uvicorn_server(app: FastAPI, settings: ServerSettings, *, port: int | None =
     return DrainingServer(uvicorn_config(app, settings, port=port), services.registry, settings.drain_s)
 
 
-def fast_answers(app: ASGIApp) -> FastAnswers | None:
-    """What ``distilserve.server.http_protocol`` may answer without ``app``: its admission's 429s (None for an
-    app that ``build_app`` did not build)."""
-    state = getattr(app, "state", None)
-    services = getattr(state, "services", None)
-    admitted_paths = getattr(state, "admitted_paths", None)
-    if not isinstance(services, Services) or not isinstance(admitted_paths, frozenset):
-        return None
-    api_key = services.settings.api_key
-    return FastAnswers(
-        admission=services.admission,
-        admitted_paths=admitted_paths,
-        api_key=None if api_key is None else api_key.get_secret_value().encode(),
-        observer=services.observer,
-    )
+def app_gate(app: ASGIApp) -> Gate | None:
+    """The gate ``distilserve.server.http_protocol`` asks before the app (None for an app that
+    ``build_app`` did not build: the protocol then answers only ``/health/live`` by itself)."""
+    services = getattr(getattr(app, "state", None), "services", None)
+    return services.gate if isinstance(services, Services) else None
 
 
 def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None = None) -> uvicorn.Config:
@@ -137,7 +128,7 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, port: int | None =
         http=guarded_protocol(
             header_timeout_s=settings.header_read_timeout_s,
             max_connections=settings.max_connections,
-            fast_answers=fast_answers(app),
+            gate=app_gate(app),
         ),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_config=None,  # keep the structured logging the CLI configured

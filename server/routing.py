@@ -1,4 +1,5 @@
-"""Route classes: what a route checks after routing and before FastAPI reads and parses its body.
+"""Route classes: what a route asks the gate (``distilserve.server.gate``) after routing and before
+FastAPI reads and parses its body.
 
 FastAPI reads, parses and validates the body before it solves a route's dependencies, so a key
 checked as a dependency comes after the body's errors (malformed JSON got a 422, not a 401) and
@@ -15,7 +16,6 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from distilserve.server.auth import check_api_key
 from distilserve.server.middleware import TIMING_HEADERS
 from distilserve.server.observer import TRACE
 from distilserve.server.services import services_of
@@ -33,11 +33,11 @@ class KeyedRoute(APIRoute):
         admitted = self.admitted
 
         async def guarded(request: Request) -> Response:
-            services = services_of(request)
-            check_api_key(request, services.settings.api_key)
+            gate = services_of(request).gate
+            gate.check_key(request)
             if not admitted:
                 return await handler(request)
-            with services.admission.admit(trace=request.scope.get("state", {}).get(TRACE)):
+            with gate.admit(trace=request.scope.get("state", {}).get(TRACE)):
                 return await handler(request)
 
         return guarded

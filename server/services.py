@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 
 from distilserve.server.admission import Admission, RequestContext
+from distilserve.server.gate import Gate
 from distilserve.server.metrics import ServerMetrics
 from distilserve.server.observer import Observer
 from distilserve.server.pipeline import InferencePipeline
@@ -44,6 +45,8 @@ class Services:
     metrics: ServerMetrics
     observer: Observer
     admission: Admission
+    # The key, admission and the protocol's own answers (distilserve.server.gate).
+    gate: Gate
     pipeline: InferencePipeline
     info: ServiceInfo
     # Each task's service, by its class (``service``).
@@ -58,14 +61,17 @@ class Services:
         observer: Observer,
         tasks: Sequence[ServerTask] = (),
         topology: Topology | None = None,
+        admitted_paths: frozenset[str] = frozenset(),
     ) -> Services:
         pipeline = InferencePipeline(settings, registry, observer)
+        admission = Admission(settings, observer)
         return cls(
             settings=settings,
             registry=registry,
             metrics=metrics,
             observer=observer,
-            admission=Admission(settings, observer),
+            admission=admission,
+            gate=Gate(settings, admission, observer, admitted_paths),
             pipeline=pipeline,
             info=ServiceInfo(settings, registry, topology or single_process(settings)),
             task_services={task.service: task.service(pipeline) for task in tasks},

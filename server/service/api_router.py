@@ -7,11 +7,16 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.responses import Response
 
-from distilserve.server.auth import require_api_key_for_metrics
 from distilserve.server.responses import OrjsonResponse
 from distilserve.server.routing import KeyedRoute
 from distilserve.server.service.protocol import Health, Info, ModelList
 from distilserve.server.services import ServicesDep
+
+
+async def require_api_key_for_metrics(request: Request, services: ServicesDep) -> None:
+    """The key on ``/metrics`` too, when ``--protect-metrics`` asks for it."""
+    services.gate.check_metrics_key(request)
+
 
 health_router = APIRouter(tags=["service"])
 # The API's documents, when they sit behind the key (docs_access "protected" with a key set);

@@ -16,7 +16,7 @@ MILLISECONDS = re.compile(r"^\d+\.\d{3}$")
 
 
 def inference_paths(app: FastAPI) -> frozenset[str]:
-    paths: frozenset[str] = app.state.admitted_paths
+    paths: frozenset[str] = app.state.services.gate.admitted_paths
     return paths
 
 
