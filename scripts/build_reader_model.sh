@@ -14,8 +14,12 @@
 #
 # Environment: DISTILSERVE (default .venv/bin/distilserve), DISTILSERVE_DATA_DIR (default
 # ../shared/data), RUNS (checkpoints, logs, eval; default runs/squad), TRAIN_QUESTIONS (teacher;
-# default 16000, the full set is 87,599), STUDENT_QUESTIONS (default 16000), EPOCHS (default 1). A run that is stopped continues where it
-# stopped when started again with the same options (--resume; state every 100 steps).
+# default 16000, the full set is 87,599), STUDENT_QUESTIONS (default 16000), EPOCHS (default 1),
+# PRECISION (fp32, or bf16: forward passes under bfloat16 autocast, for CPUs with AMX-BF16 or
+# AVX512-BF16 and GPUs; default fp32), EVAL_EVERY (also score the 500 dev questions every N steps,
+# the learning curve in the training records; default 0: after each epoch only). A run that is
+# stopped continues where it stopped when started again with the same options (--resume; state
+# every 100 steps).
 # The recipe below is the one recorded in model-zoo/squad-minilm-l3-int8/MODEL_CARD.md; change it
 # there too if it changes here.
 set -euo pipefail
@@ -39,6 +43,8 @@ RUNS=${RUNS:-runs/squad}
 TRAIN_QUESTIONS=${TRAIN_QUESTIONS:-16000}
 STUDENT_QUESTIONS=${STUDENT_QUESTIONS:-16000}
 EPOCHS=${EPOCHS:-1}
+PRECISION=${PRECISION:-fp32}
+EVAL_EVERY=${EVAL_EVERY:-0}
 NAME=squad-minilm-l3-int8
 BUNDLES=bundles
 ZOO=model-zoo/$NAME
@@ -57,6 +63,7 @@ COMMON=(--task question-answering
         --exclude-ids-file "$DATA/squad_v1.1_train_ambiguous_ids.txt"
         --max-dev-samples 500 --epochs "$EPOCHS"
         --max-length 384 --doc-stride 128 --batch-size 32 --lr 1e-4 --warmup-ratio 0.1
+        --precision "$PRECISION" --eval-every "$EVAL_EVERY"
         --checkpoint-every 100 --resume --seed 42)
 
 if [ "$REUSE" -eq 0 ] || [ ! -f "$RUNS/teacher/config.json" ]; then
