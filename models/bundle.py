@@ -44,6 +44,10 @@ Task = Literal["text-classification", "question-answering", "feature-extraction"
 TASKS: tuple[Task, ...] = get_args(Task)
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 Pooling = Literal["mean", "cls"]
+# How the graph takes a batch: "padded" rows (one sequence each, 2-D attention mask), or
+# "packed" rows (several sequences each, block-diagonal 3-D mask and position ids that restart
+# per sequence: ``distilserve.models.packing``; ``export --graph-form``).
+GraphForm = Literal["padded", "packed"]
 
 
 class _Strict(BaseModel):
@@ -121,6 +125,7 @@ class Manifest(_Strict):
     max_length: int = Field(gt=1)
     input_names: list[str]
     output_names: list[str]
+    graph_form: GraphForm = "padded"
     hidden_size: int | None = None
     num_parameters: int | None = None
     pooling: Pooling | None = None

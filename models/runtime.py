@@ -30,6 +30,7 @@ from distilserve.models.engines.loading import open_engine
 from distilserve.models.engines.select import EngineSelection
 from distilserve.models.errors import BundleError, InputError
 from distilserve.models.export.isa import Isa, detect_isa
+from distilserve.models.packing import SEGMENT_STARTS, is_packed_graph, run_packed
 from distilserve.models.session import SessionOptions
 from distilserve.models.tasks import Prepared, TaskProcessor, processor_for
 from distilserve.models.tokenization import ThreadSafeTokenizer
@@ -63,6 +64,11 @@ class ModelRuntime:
             raise BundleError(
                 bundle_dir / MODEL_NAME, f"graph takes inputs {missing} the manifest does not list"
             )
+        # A packed graph (models.packing) takes several sequences per row; a classifier's packed
+        # graph also takes each sequence's first token and answers one row per sequence. The
+        # engine's own graph decides: a packed bundle's OpenVINO form is a padded graph.
+        self.packed = is_packed_graph(session.input_names)
+        self.per_sequence = SEGMENT_STARTS in session.input_names
 
     def prepare(self, item: Any, params: Any = None) -> Prepared:
         return self.processor.prepare(item, self.processor.default_params() if params is None else params)
@@ -75,9 +81,18 @@ class ModelRuntime:
         )
 
     def forward(self, rows: Sequence[EncodedRow]) -> Sequence[Any]:
-        """Run one padded batch of rows; returns one output per row, in order."""
-        batch = assemble_batch(rows, self.tokenizer.pad_token_id)
-        outputs = self.session.run(batch.feed, self.manifest.output_names)
+        """Run one batch of rows (padded, or packed for a packed graph); one output per row, in order."""
+        if self.packed:
+            outputs, batch = run_packed(
+                self.session.run,
+                rows,
+                self.tokenizer.pad_token_id,
+                self.manifest.output_names,
+                per_sequence=self.per_sequence,
+            )
+        else:
+            batch = assemble_batch(rows, self.tokenizer.pad_token_id)
+            outputs = self.session.run(batch.feed, self.manifest.output_names)
         return self.processor.split_outputs(outputs, batch)
 
     def finish(self, prepared: Prepared, row_outputs: Sequence[Any], params: Any = None) -> Any:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from distilserve.models.bundle import ParityCheck
 from distilserve.models.engines.base import Engine, EngineChoice
 from distilserve.models.export.parity import Outputs, SampleBatch, describe
+from distilserve.models.packing import run_padded_feed
 
 # Timed rounds per engine: each round is one pass over the probe (24 samples, ~40 ms for MiniLM-L6).
 PROBE_ROUNDS = 5
@@ -63,14 +64,21 @@ def time_engines(
     rounds: int = PROBE_ROUNDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[list[Outputs]], list[float]]:
-    """Each engine's outputs on the probe (its warm-up pass) and its median timed pass, in seconds."""
-    outputs = [[engine.run(batch.feed, output_names) for batch in probe] for engine in engines]
+    """Each engine's outputs on the probe (its warm-up pass) and its median timed pass, in seconds.
+
+    An engine whose graph is packed (a packed bundle's model.onnx) runs each batch packed, as it
+    will in the server, and answers in the padded layout the agreement check compares."""
+
+    def run(engine: Engine, batch: SampleBatch) -> Outputs:
+        return run_padded_feed(engine.run, engine.input_names, batch.feed, output_names)
+
+    outputs = [[run(engine, batch) for batch in probe] for engine in engines]
     passes: list[list[float]] = [[] for _ in engines]
     for _ in range(rounds):
         for index, engine in enumerate(engines):
             started = clock()
             for batch in probe:
-                engine.run(batch.feed, output_names)
+                run(engine, batch)
             passes[index].append(clock() - started)
     return outputs, [statistics.median(times) for times in passes]
 

@@ -21,6 +21,7 @@ from distilserve.models.export.default_model import default_cache_dir, ensure_de
 from distilserve.models.export.exporter import ExportOptions, export_bundle
 from distilserve.models.export.isa import ActivationScales, IsaChoice
 from distilserve.models.export.openvino_form import OpenVinoMode
+from distilserve.models.export.packed import GraphFormChoice
 from distilserve.models.export.parity import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,15 @@ class Settings(BaseSettings):
         False,
         description="fuse attention, LayerNorm and GELU before int8 quantization (MiniLM: about 5% faster "
         "for single rows, 10-15% slower for batches; kept only if parity holds)",
+    )
+    graph_form: GraphFormChoice = Field(
+        "auto",
+        description=(
+            "packed: several sequences per row (block-diagonal attention, position ids per "
+            "sequence), so a batch computes the tokens it holds rather than rows x its longest "
+            "(BERT-family checkpoints; the checks run on packed batches); padded: one sequence per "
+            "row; auto: packed where the checkpoint allows it"
+        ),
     )
     keep_fp32: list[str] = Field(
         default_factory=list,
@@ -161,6 +171,7 @@ class Settings(BaseSettings):
             samples=self.samples,
             overwrite=self.overwrite,
             keep_fp32=tuple(self.keep_fp32),
+            graph_form=self.graph_form,
             openvino=self.openvino,
             calibration=self.calibration,
             thresholds=Thresholds(

@@ -57,6 +57,13 @@ def _is_built(bundle_dir: Path) -> bool:
             "cached default bundle is not batch invariant; rebuilding", extra={"bundle": str(bundle_dir)}
         )
         return False
+    # Built padded by a release before packed batches: the packed form computes the tokens a
+    # batch holds, so the default is rebuilt in it (once) rather than served slower.
+    if manifest.graph_form != "packed":
+        logger.info(
+            "cached default bundle is padded; rebuilding it packed", extra={"bundle": str(bundle_dir)}
+        )
+        return False
     return True
 
 

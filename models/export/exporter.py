@@ -42,6 +42,7 @@ from distilserve.models.bundle import (
     MANIFEST_NAME,
     MODEL_NAME,
     TOKENIZER_NAME,
+    GraphForm,
     Manifest,
     OpenVinoForm,
     ParityCheck,
@@ -56,6 +57,7 @@ from distilserve.models.errors import BundleError, ExportError
 from distilserve.models.export.checkpoint import Checkpoint, load_checkpoint
 from distilserve.models.export.isa import ActivationScales, IsaChoice, QuantScheme, resolve_scheme
 from distilserve.models.export.openvino_form import OpenVinoMode, build_openvino_form, resolve_mode
+from distilserve.models.export.packed import GraphFormChoice, export_packed_onnx, resolve_graph_form
 from distilserve.models.export.parity import (
     Outputs,
     SampleBatch,
@@ -79,6 +81,7 @@ from distilserve.models.export.source import (
     weight_files,
     weights_sha256,
 )
+from distilserve.models.packing import POSITION_IDS, SEGMENT_STARTS
 from distilserve.models.tasks import TASK_SPECS, task_spec
 from distilserve.models.tokenization import ThreadSafeTokenizer
 
@@ -88,7 +91,7 @@ QuantizeMode = Literal["int8", "none"]
 
 # The inputs the runtime feeds (see models.batching.assemble_batch) and the outputs each task's
 # processor reads (its ``TaskSpec.outputs``).
-RUNTIME_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+RUNTIME_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", POSITION_IDS, SEGMENT_STARTS})
 REQUIRED_OUTPUTS: dict[Task, tuple[str, ...]] = {name: spec.outputs for name, spec in TASK_SPECS.items()}
 EXPORT_EXTRA_MODULES = ("torch", "transformers", "optimum.exporters.onnx", "onnx")
 STEPS = 6
@@ -141,6 +144,9 @@ class ExportOptions:
     openvino: OpenVinoMode = "none"
     # Calibration inputs of the OpenVINO int8 form (the --samples format); default: the samples.
     calibration: Path | None = None
+    # The graph form of model.onnx (models.packing): packed (several sequences per row, no
+    # padding to compute), padded, or auto: packed where the architecture allows it.
+    graph_form: GraphFormChoice = "auto"
 
 
 def require_export_extra() -> None:
@@ -217,7 +223,18 @@ def export_bundle(options: ExportOptions) -> Manifest:
                 checkpoint.task,
                 extra={"model_type": checkpoint.config.model_type, "max_length": checkpoint.max_length},
             )
-            fp32_path = _export_onnx(checkpoint, scratch / "onnx", options.opset)
+            graph_form, form_reason = resolve_graph_form(options.graph_form, checkpoint)
+            logger.info("graph form %s (%s)", graph_form, form_reason)
+            openvino_mode = resolve_mode(options.openvino, options.quantize)
+            # The OpenVINO form is built from the padded graph (OpenVINO runs what it is given;
+            # its own packing is not ours): a packed bundle exports that one too.
+            padded_fp32_path: Path | None = None
+            if graph_form == "packed":
+                fp32_path = export_packed_onnx(checkpoint, scratch / "onnx", options.opset)
+                if openvino_mode != "none":
+                    padded_fp32_path = _export_onnx(checkpoint, scratch / "onnx-padded", options.opset)
+            else:
+                fp32_path = padded_fp32_path = _export_onnx(checkpoint, scratch / "onnx", options.opset)
             input_names, output_names = _graph_io(fp32_path, checkpoint.task)
             tokenizer_path = scratch / TOKENIZER_NAME
             _write_tokenizer(checkpoint.tokenizer, tokenizer_path, checkpoint.max_length)
@@ -265,10 +282,9 @@ def export_bundle(options: ExportOptions) -> Manifest:
                     )
                 )
 
-        openvino_mode = resolve_mode(options.openvino, options.quantize)
         openvino_form: OpenVinoForm | None = None
         openvino_files: list[Path] = []
-        if openvino_mode == "none":
+        if openvino_mode == "none" or padded_fp32_path is None:
             steps.skip("OpenVINO form", f"--openvino {options.openvino}")
         else:
             with steps.step("OpenVINO form"):
@@ -281,7 +297,7 @@ def export_bundle(options: ExportOptions) -> Manifest:
                     )
                 built = build_openvino_form(
                     openvino_mode,
-                    fp32_path,
+                    padded_fp32_path,
                     scratch,
                     task=checkpoint.task,
                     batches=batches,
@@ -327,6 +343,7 @@ def export_bundle(options: ExportOptions) -> Manifest:
                 parity=parity,
                 openvino_form=openvino_form,
                 openvino_files=openvino_files,
+                graph_form=graph_form,
             )
     elapsed = time.perf_counter() - started
     for line in summary_lines(manifest, output):
@@ -603,6 +620,7 @@ def _write_bundle(
     parity: list[ParityCheck],
     openvino_form: OpenVinoForm | None = None,
     openvino_files: Sequence[Path] = (),
+    graph_form: GraphForm = "padded",
 ) -> Manifest:
     config = checkpoint.config
     source = checkpoint.source
@@ -622,6 +640,7 @@ def _write_bundle(
         "max_length": checkpoint.max_length,
         "input_names": input_names,
         "output_names": output_names,
+        "graph_form": graph_form,
         "hidden_size": getattr(config, "hidden_size", None),
         "num_parameters": num_parameters,
         "pooling": checkpoint.pooling,

@@ -26,6 +26,7 @@ import numpy as np
 from distilserve.models.batching import EncodedRow, assemble_batch
 from distilserve.models.bundle import ParityCheck, ProblemType, Task
 from distilserve.models.export.samples import SampleSet, batch_slices
+from distilserve.models.packing import run_padded_feed
 from distilserve.models.session import OnnxSession, SessionOptions
 from distilserve.models.tasks import TASK_SPECS, task_spec
 from distilserve.models.tasks.base import AgreementContext, Outputs, SampleBatch
@@ -106,21 +107,29 @@ def encode_samples(tokenizer: ThreadSafeTokenizer, samples: SampleSet, max_lengt
 
 
 def run_onnx(model_path: Path, batches: Sequence[SampleBatch], output_names: Sequence[str]) -> list[Outputs]:
-    """Outputs of an ONNX graph on every batch, with the session settings the server uses."""
+    """Outputs of an ONNX graph on every batch, with the session settings the server uses.
+
+    A packed graph (``export --graph-form packed``) gets each batch's sequences packed and answers in the
+    padded layout, so every check compares it with the padded reference as it is."""
     session = OnnxSession(model_path, SessionOptions(allow_spinning=False))
-    return [session.run(batch.feed, list(output_names)) for batch in batches]
+    return [
+        run_padded_feed(session.run, session.input_names, batch.feed, list(output_names)) for batch in batches
+    ]
 
 
 def run_torch(
     model: Any, batches: Sequence[SampleBatch], input_names: Sequence[str], output_names: Sequence[str]
 ) -> list[Outputs]:
-    """Outputs of the PyTorch model on every batch (fp32, inference mode)."""
+    """Outputs of the PyTorch model on every batch (fp32, inference mode).
+
+    The reference is the padded model: a packed graph's extra inputs (position ids, segment
+    starts) are made by packing and are not in a sample batch's feed, so they are not passed."""
     import torch
 
     results = []
     with torch.inference_mode():
         for batch in batches:
-            inputs = {name: torch.from_numpy(batch.feed[name]) for name in input_names}
+            inputs = {name: torch.from_numpy(batch.feed[name]) for name in input_names if name in batch.feed}
             output = model(**inputs)
             results.append({name: output[name].detach().float().numpy() for name in output_names})
     return results

@@ -142,6 +142,9 @@ class TaskSpec:
       ``--samples`` lines and errors): the export's built-in sample inputs.
     * ``agreement`` / ``thresholds`` / ``lower_bounds`` / ``upper_bounds``: the int8-vs-fp32
       metrics, the marks they are held to, and the direction of each thresholded metric.
+    * ``per_sequence_outputs``: the head reads one position per sequence (``[CLS]``), so the
+      packed graph takes ``segment_starts`` and answers one row per sequence
+      (``distilserve.models.packing``); otherwise its outputs are per token.
     """
 
     name: Task
@@ -162,3 +165,4 @@ class TaskSpec:
     sample_texts: tuple[str, ...] = ()
     sample_pairs: tuple[tuple[str, str], ...] = ()
     pair_fields: tuple[str, str] | None = None
+    per_sequence_outputs: bool = False

@@ -163,6 +163,7 @@ SPEC = TaskSpec(
     processor=ClassifyProcessor,
     hf_auto_class="AutoModelForSequenceClassification",
     optimum_task="text-classification",
+    per_sequence_outputs=True,
     outputs=("logits",),
     agreement=lambda reference, candidate, batches, context: classification_metrics(
         reference, candidate, context.problem_type

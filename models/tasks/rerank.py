@@ -212,6 +212,7 @@ SPEC = TaskSpec(
     processor=RerankProcessor,
     hf_auto_class="AutoModelForSequenceClassification",
     optimum_task="text-classification",
+    per_sequence_outputs=True,
     outputs=("logits",),
     agreement=lambda reference, candidate, batches, context: ranking_metrics(reference, candidate),
     # The classifier's marks: a share of agreeing decisions (the order of the sample pairs), and

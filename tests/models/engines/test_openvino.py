@@ -15,6 +15,7 @@ from distilserve.models.batching import assemble_batch
 from distilserve.models.bundle import MANIFEST_NAME, OPENVINO_MODEL_NAME, OPENVINO_WEIGHTS_NAME
 from distilserve.models.evaluation.invariance import measure_batch_invariance
 from distilserve.models.export import ExportOptions, export_bundle
+from distilserve.models.packing import assemble_packed
 from distilserve.models.tasks import QAInput
 from tests.conftest import TASKS
 from tests.tiny_models import Arch, TinyTask, corpus
@@ -55,10 +56,17 @@ def test_openvino_runs_an_fp32_bundle_as_onnxruntime_does(tiny_bundles: Bundles,
     if task == "question-answering":
         items = [QAInput(question="what was it?", context=text) for text in TEXTS]
     rows = [row for item in items for row in reference.prepare(item).rows]
-    feed = assemble_batch(rows, reference.tokenizer.pad_token_id).feed
+    pad = reference.tokenizer.pad_token_id
+    # The same feed for both: a packed model.onnx (the default for BERT) takes packed batches.
+    assert candidate.packed == reference.packed
+    if reference.packed:
+        feed = assemble_packed(rows, pad, segment_starts=reference.per_sequence).feed
+        mask = feed["attention_mask"].any(axis=2)  # real tokens: those that attend to something
+    else:
+        feed = assemble_batch(rows, pad).feed
+        mask = feed["attention_mask"].astype(bool)
     expected = reference.session.run(feed, reference.manifest.output_names)
     actual = candidate.session.run(feed, candidate.manifest.output_names)
-    mask = feed["attention_mask"].astype(bool)
     tolerance = 5e-2 if candidate.selection.precision == "bf16" else 1e-4
     for name, values in expected.items():
         got = actual[name]

@@ -109,3 +109,17 @@ def test_a_cached_bundle_that_is_not_batch_invariant_is_rebuilt(
     manifest_path.write_text(json.dumps(manifest))
     ensure_default_bundle(tmp_path)
     assert len(fake_export) == 1
+
+
+def test_a_cached_padded_bundle_is_rebuilt_packed(fake_export: list[ExportOptions], tmp_path: Path) -> None:
+    ensure_default_bundle(tmp_path)
+    assert len(fake_export) == 1 and load_manifest(default_bundle_dir(tmp_path)).graph_form == "packed"
+    ensure_default_bundle(tmp_path)
+    assert len(fake_export) == 1  # a packed one is kept
+    # A default bundle cached by a release before packed batches computes its padding: rebuilt.
+    manifest_path = default_bundle_dir(tmp_path) / "distilserve.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.pop("graph_form")
+    manifest_path.write_text(json.dumps(manifest))
+    ensure_default_bundle(tmp_path)
+    assert len(fake_export) == 2 and fake_export[1].graph_form == "auto"

@@ -23,6 +23,7 @@ from distilserve.models.export import ExportOptions, Thresholds, export_bundle, 
 from distilserve.models.export.cli import Settings, run
 from distilserve.models.export.isa import SCHEMES, ActivationScales, cpu_flags, detect_isa, resolve_scheme
 from distilserve.models.export.samples import SAMPLE_QA_PAIRS, SAMPLE_TEXTS, read_sample_file
+from distilserve.models.packing import run_padded_feed
 from distilserve.models.tasks import ClassifyParams, QAInput
 from distilserve.models.tokenization import TruncationConfig
 from tests.conftest import ARCHS, TASKS
@@ -70,8 +71,10 @@ def test_fp32_graph_matches_pytorch(
     else:
         encodings = [model.tokenizer.encode(text, truncation=truncation) for text in TEXTS]
     batch = assemble_batch([EncodedRow(e.ids, e.type_ids) for e in encodings], model.tokenizer.pad_token_id)
-    feed = {name: batch.feed[name] for name in model.session.input_names}
-    onnx = model.session.run(feed, model.manifest.output_names)
+    # PyTorch runs the padded batch; a packed graph (BERT's default form) runs it packed and
+    # answers in the padded layout.
+    feed = {name: batch.feed[name] for name in model.session.input_names if name in batch.feed}
+    onnx = run_padded_feed(model.session.run, model.session.input_names, feed, model.manifest.output_names)
     reference = torch_outputs(tiny_checkpoints[(arch, task)], task, feed)
     real = batch.attention_mask.astype(bool)
     for name, values in onnx.items():
@@ -202,7 +205,16 @@ def test_manifest_fields(tiny_checkpoints: Bundles, tiny_bundles: Bundles) -> No
     assert manifest.labels == {0: "negative", 1: "neutral", 2: "positive"}
     assert manifest.problem_type == "single_label_classification"
     assert manifest.max_length == 128  # min(tokenizer model_max_length, max_position_embeddings)
-    assert manifest.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    # BERT is exported packed by default (--graph-form auto): position ids per sequence, and
+    # the first token of each sequence for a classifier's head.
+    assert manifest.graph_form == "packed"
+    assert manifest.input_names == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "position_ids",
+        "segment_starts",
+    ]
     assert manifest.output_names == ["logits"]
     assert manifest.hidden_size == 32 and manifest.num_parameters and manifest.num_parameters > 10_000
     assert manifest.pooling is None
