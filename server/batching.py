@@ -5,7 +5,9 @@ context). Rows wait in a queue; the scheduler cuts the queue, sorted by length, 
 cheapest batches (``distilserve.models.batching.plan_groups``: padded tokens plus a fixed cost per batch,
 under ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens; the fixed cost is the
 ``batch_overhead_tokens`` constant, or this model's calibrated cost, see ``use_cost``) and
-runs the one holding the oldest row, so nothing starves and padding stays small. A job
+runs the one holding the oldest row, so nothing starves and padding stays small. A packed graph
+(``distilserve.models.packing``) has no padding to save: its batches are the oldest rows, in
+arrival order. A job
 completes when all of its rows have been computed, whatever batches they landed in.
 
 The batch runs on a dedicated inference thread, one per model: ONNX Runtime parallelises inside
@@ -33,6 +35,7 @@ from typing import Any
 from distilserve.models.batch_cost import BatchCost
 from distilserve.models.batching import SERVER_BATCH_LIMITS, BatchLimits, EncodedRow, plan_groups
 from distilserve.models.memory import BatchMemoryEstimate
+from distilserve.models.packing import packed_tokens
 from distilserve.server import clock
 from distilserve.server.observer import BatchReport, Observer, RequestTrace
 
@@ -136,10 +139,15 @@ class QueuedRow:
 
 
 class DynamicBatcher:
-    def __init__(self, model: str, forward: ForwardFn, policy: BatchPolicy, observer: Observer) -> None:
+    def __init__(
+        self, model: str, forward: ForwardFn, policy: BatchPolicy, observer: Observer, *, packed: bool = False
+    ) -> None:
         self.model = model
         self.policy = policy
         self.forward = forward
+        # A packed graph (distilserve.models.packing) costs the tokens a batch holds, not rows x
+        # its longest: batches are taken in arrival order, with no split by length.
+        self.packed = packed
         self._observer = observer
         self._queue: list[QueuedRow] = []  # arrival order; the head is the oldest row
         self._queued_tokens = 0
@@ -336,26 +344,49 @@ class DynamicBatcher:
             self._update_depth()
 
     def _take_batch(self) -> list[QueuedRow]:
-        """The batch that holds the oldest row, from the cheapest split of the queue by length.
+        """The batch that holds the oldest row.
 
-        Rows sorted by length are cut into contiguous groups (each within ``max_batch_size`` and
-        ``max_batch_tokens``) so that padded tokens plus ``batch_overhead_tokens`` per batch are
-        smallest; the group with the oldest row runs now (nothing starves), and the rest stay
-        queued, to be planned again with whatever arrives meanwhile. A queue of short and long
-        rows thus runs as a short batch and a long batch instead of one batch padded throughout,
-        and the clients of the first batch can send their next request while the second runs.
+        Padded graph: the queue's rows sorted by length are cut into contiguous groups (each
+        within ``max_batch_size`` and ``max_batch_tokens``) so that padded tokens plus
+        ``batch_overhead_tokens`` per batch are smallest; the group with the oldest row runs now
+        (nothing starves), and the rest stay queued, to be planned again with whatever arrives
+        meanwhile. A queue of short and long rows thus runs as a short batch and a long batch
+        instead of one batch padded throughout, and the clients of the first batch can send
+        their next request while the second runs.
+
+        Packed graph: padding costs next to nothing, so the oldest rows run together, as many as
+        ``max_batch_size`` rows and ``max_batch_tokens`` tokens allow (one batch, one fixed cost).
         """
         anchor = self._queue[0]
-        by_length = sorted(self._queue, key=lambda queued: queued.length)
-        groups = plan_groups([queued.length for queued in by_length], self.limits)
-        position = next(index for index, queued in enumerate(by_length) if queued is anchor)
-        start, end = next((start, end) for start, end in groups if start <= position < end)
-        chosen = self._within_memory(by_length[start:end], position - start)
+        if self.packed:
+            group = sorted(self._oldest_rows(), key=lambda queued: queued.length)
+            position = next(index for index, queued in enumerate(group) if queued is anchor)
+            chosen = self._within_memory(group, position)
+        else:
+            by_length = sorted(self._queue, key=lambda queued: queued.length)
+            groups = plan_groups([queued.length for queued in by_length], self.limits)
+            position = next(index for index, queued in enumerate(by_length) if queued is anchor)
+            start, end = next((start, end) for start, end in groups if start <= position < end)
+            chosen = self._within_memory(by_length[start:end], position - start)
         taken = {id(queued) for queued in chosen}
         self._queue = [queued for queued in self._queue if id(queued) not in taken]
         self._queued_tokens -= sum(queued.length for queued in chosen)
         self._update_depth()
         return chosen
+
+    def _oldest_rows(self) -> list[QueuedRow]:
+        """The queue's head, in arrival order, within the batch's rows and tokens (at least one)."""
+        limits = self.limits
+        taken: list[QueuedRow] = []
+        tokens = 0
+        for queued in self._queue:
+            if taken and (
+                len(taken) == limits.max_batch_size or tokens + queued.length > limits.max_batch_tokens
+            ):
+                break
+            taken.append(queued)
+            tokens += queued.length
+        return taken
 
     def _within_memory(self, group: list[QueuedRow], anchor: int) -> list[QueuedRow]:
         """``group`` (sorted by length), or the run of its rows holding ``group[anchor]`` that
@@ -385,7 +416,8 @@ class DynamicBatcher:
                     job.trace.queue_s = now - job.enqueued_at
                 observer.queued(job.trace, self.model, job.enqueued_at, now)
         lengths = [queued.length for queued in batch]
-        report = BatchReport(self.model, len(batch), sum(lengths), len(batch) * max(lengths), traces)
+        computed = packed_tokens(lengths) if self.packed else len(batch) * max(lengths)
+        report = BatchReport(self.model, len(batch), sum(lengths), computed, traces)
         observer.batch_planned(report)
         rows = [queued.row for queued in batch]
         self._running = batch

@@ -151,6 +151,8 @@ class BatchReport:
         self.model = model
         self.rows = rows
         self.tokens = tokens
+        # The tokens the graph computes: rows x longest when padded, the packed plan's rows x
+        # width when packed (distilserve.models.packing.packed_tokens).
         self.padded_tokens = padded_tokens
         self.traces = traces  # one per request with rows in it (warm-up rows have none)
 

@@ -81,7 +81,9 @@ class ModelRegistry:
             started = time.perf_counter()
             load = functools.partial(load_model, spec.bundle_dir, self.session_options, engine=self.engine)
             runtime = await loop.run_in_executor(None, load)
-            batcher = DynamicBatcher(spec.name, runtime.forward, self.policy, self.observer)
+            batcher = DynamicBatcher(
+                spec.name, runtime.forward, self.policy, self.observer, packed=runtime.packed
+            )
             batcher.start()
             served = ServedModel(spec.name, runtime, batcher)
             self.models[spec.name] = served

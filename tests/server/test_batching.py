@@ -71,10 +71,11 @@ def make_batcher(
     *,
     max_wait_ms: float = DEFAULT_POLICY.max_wait_ms,
     max_queue_tokens: int = DEFAULT_POLICY.max_queue_tokens,
+    packed: bool = False,
     **limits: int,
 ) -> DynamicBatcher:
     policy = BatchPolicy(BatchLimits(**limits), max_wait_ms=max_wait_ms, max_queue_tokens=max_queue_tokens)
-    batcher = DynamicBatcher("fake", model, policy, PrometheusObserver(ServerMetrics()))
+    batcher = DynamicBatcher("fake", model, policy, PrometheusObserver(ServerMetrics()), packed=packed)
     batcher.start()
     return batcher
 
@@ -125,6 +126,38 @@ async def test_batches_respect_the_token_budget_and_group_similar_lengths() -> N
     for batch in model.batches[1:]:
         batch_lengths = [length for _, length in batch]
         assert max(batch_lengths) - min(batch_lengths) <= 3
+    await batcher.stop()
+
+
+async def test_a_packed_model_takes_the_oldest_rows_together_whatever_their_lengths() -> None:
+    model = FakeModel()
+    model.release.clear()  # hold the first batch so that everything else queues up
+    batcher = make_batcher(model, packed=True, max_batch_size=4, max_batch_tokens=120)
+    lengths = [3, 5, 50, 6, 48, 7, 49, 5, 47, 6, 50]
+    pending = [
+        asyncio.ensure_future(batcher.run_rows([row(length, tag)], far()))
+        for tag, length in enumerate(lengths)
+    ]
+    await model.until_entered()
+    await until(
+        lambda: len(model.batches[0]) + batcher.queued_rows == len(lengths), "every row held or queued"
+    )
+    first = len(model.batches[0])
+    model.release.set()
+    await asyncio.gather(*pending)
+    # After the held batch, each batch is the queue's head in arrival order, short and long rows
+    # together, cut at 4 rows or 120 tokens (real tokens: packing computes little more).
+    expected, queue = [], list(enumerate(lengths))[first:]
+    while queue:
+        batch, tokens = [], 0
+        while queue and len(batch) < 4 and (not batch or tokens + queue[0][1] <= 120):
+            tokens += queue[0][1]
+            batch.append(queue.pop(0))
+        expected.append(sorted(batch, key=lambda tagged: tagged[1]))
+    assert [sorted(batch, key=lambda tagged: tagged[1]) for batch in model.batches[1:]] == expected
+    assert any(
+        max(length for _, length in batch) > 40 > min(length for _, length in batch) for batch in expected
+    )
     await batcher.stop()
 
 
