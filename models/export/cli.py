@@ -67,7 +67,8 @@ class Settings(BaseSettings):
             "packed: several sequences per row (block-diagonal attention, position ids per "
             "sequence), so a batch computes the tokens it holds rather than rows x its longest "
             "(BERT-family checkpoints; the checks run on packed batches); padded: one sequence per "
-            "row; auto: packed where the checkpoint allows it"
+            "row; auto: packed for classification and embeddings where the checkpoint allows it, "
+            "padded for question answering and rerank (long sequences gain nothing from packing)"
         ),
     )
     keep_fp32: list[str] = Field(

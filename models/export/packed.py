@@ -10,7 +10,8 @@ position ids replace ``arange``. A task whose head reads the ``[CLS]`` state (it
 
 Only BERT-family checkpoints (``model_type`` "bert": BERT, MiniLM, e5, bge and the like) are
 packed: DistilBERT's embeddings ignore position ids, and RoBERTa's count from its padding index.
-``--graph-form auto`` (the default) packs what can be packed and pads the rest. The export's
+``--graph-form auto`` (the default) packs what can be packed, for the tasks of short sequences
+(``TaskSpec.packed_by_default``: classification and embeddings), and pads the rest. The export's
 checks then run on packed feeds against the PyTorch model on padded ones, so a packed bundle is
 held to the same parity and agreement marks as a padded one.
 """
@@ -49,11 +50,14 @@ def check_packable(config: Any, model: Any, per_sequence: bool) -> None:
 
 
 def resolve_graph_form(choice: GraphFormChoice, checkpoint: Any) -> tuple[GraphForm, str]:
-    """The form to export, and why: ``auto`` packs a checkpoint that can be packed and pads
-    the rest; ``packed`` raises ``ExportError`` for one that cannot be."""
+    """The form to export, and why: ``auto`` packs a checkpoint that can be packed, of a task
+    packed by default, and pads the rest; ``packed`` raises ``ExportError`` for one that cannot be."""
     if choice == "padded":
         return "padded", "--graph-form padded"
-    per_sequence = task_spec(checkpoint.task).per_sequence_outputs
+    spec = task_spec(checkpoint.task)
+    if choice == "auto" and not spec.packed_by_default:
+        return "padded", f"--graph-form auto: {spec.name} sequences are longer than a packed row"
+    per_sequence = spec.per_sequence_outputs
     try:
         check_packable(checkpoint.config, checkpoint.model, per_sequence)
     except ExportError as exc:

@@ -145,6 +145,9 @@ class TaskSpec:
     * ``per_sequence_outputs``: the head reads one position per sequence (``[CLS]``), so the
       packed graph takes ``segment_starts`` and answers one row per sequence
       (``distilserve.models.packing``); otherwise its outputs are per token.
+    * ``packed_by_default``: ``export --graph-form auto`` packs this task's BERT checkpoints.
+      Off where sequences are long: a packed batch is as wide as its longest sequence, so rows
+      longer than ``DEFAULT_ROW_TOKENS`` gain nothing from packing and pay its 3-D mask.
     """
 
     name: Task
@@ -166,3 +169,4 @@ class TaskSpec:
     sample_pairs: tuple[tuple[str, str], ...] = ()
     pair_fields: tuple[str, str] | None = None
     per_sequence_outputs: bool = False
+    packed_by_default: bool = True

@@ -213,6 +213,9 @@ SPEC = TaskSpec(
     hf_auto_class="AutoModelForSequenceClassification",
     optimum_task="text-classification",
     per_sequence_outputs=True,
+    # A query with a passage is as long as a reader's window (SQuAD passages: 150 tokens and
+    # more), where packing measured slower than padding (see question-answering's spec).
+    packed_by_default=False,
     outputs=("logits",),
     agreement=lambda reference, candidate, batches, context: ranking_metrics(reference, candidate),
     # The classifier's marks: a share of agreeing decisions (the order of the sample pairs), and

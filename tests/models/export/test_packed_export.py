@@ -126,3 +126,22 @@ def test_auto_packs_what_can_be_packed_and_pads_the_rest(
         assert runtime.manifest.graph_form == expected
         assert runtime.packed == (expected == "packed")
         assert (POSITION_IDS in runtime.manifest.input_names) == (expected == "packed")
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("text-classification", "packed"),
+        ("feature-extraction", "packed"),
+        ("question-answering", "padded"),
+        ("rerank", "padded"),
+    ],
+)
+def test_auto_packs_the_tasks_of_short_sequences_only(
+    task: str, expected: str, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    # Reader windows and query-passage pairs are wider than a packed row: packing them saves no
+    # padding, so auto pads them; --graph-form packed still packs them (the test above).
+    runtime = load_model(export(checkpoints[task], tmp_path / "auto", task, form="auto", quantize="none"))
+    assert runtime.manifest.graph_form == expected
+    assert runtime.packed == (expected == "packed")
