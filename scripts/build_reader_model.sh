@@ -14,7 +14,7 @@
 #
 # Environment: DISTILSERVE (default .venv/bin/distilserve), DISTILSERVE_DATA_DIR (default
 # ../shared/data), RUNS (checkpoints, logs, eval; default runs/squad), TRAIN_QUESTIONS (teacher;
-# default 16000, the full set is 87,599), STUDENT_QUESTIONS (default 16000), EPOCHS (default 1),
+# default 32000, the full set is 87,599), STUDENT_QUESTIONS (default 24000), EPOCHS (default 1),
 # PRECISION (fp32, or bf16: forward passes under bfloat16 autocast, for CPUs with AMX-BF16 or
 # AVX512-BF16 and GPUs; default fp32), EVAL_EVERY (also score the 500 dev questions every N steps,
 # the learning curve in the training records; default 0: after each epoch only). A run that is
@@ -40,8 +40,8 @@ CLI=${DISTILSERVE:-.venv/bin/distilserve}
 PY=$(dirname "$CLI")/python
 DATA=${DISTILSERVE_DATA_DIR:-../shared/data}
 RUNS=${RUNS:-runs/squad}
-TRAIN_QUESTIONS=${TRAIN_QUESTIONS:-16000}
-STUDENT_QUESTIONS=${STUDENT_QUESTIONS:-16000}
+TRAIN_QUESTIONS=${TRAIN_QUESTIONS:-32000}
+STUDENT_QUESTIONS=${STUDENT_QUESTIONS:-24000}
 EPOCHS=${EPOCHS:-1}
 PRECISION=${PRECISION:-fp32}
 EVAL_EVERY=${EVAL_EVERY:-0}
