@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 # Shipped with the repository (see model-zoo/), so a fresh clone classifies sentiment, answers
 # questions and reranks passages at once. Any bundle in one of these folders is served under its
-# name (the reranker: any rerank bundle dropped into model-zoo/squad-reranker/).
+# name (the reranker: model-zoo/squad-reranker/, or any rerank bundle put in its place).
 DEFAULT_ZOO_MODELS = {
     "sst2-sentiment": "sst2-minilm-l3-int8",
     "squad-reader": "squad-minilm-l3-int8",

