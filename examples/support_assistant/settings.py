@@ -13,14 +13,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # questions.json (103 messages: 86 answerable, 9 unanswerable, 8 hostile), against the default
 # server's models: the weight and threshold of best exact-match accuracy, answerable and
 # unanswerable questions together, as SQuAD 2.0's evaluation picks its no-answer threshold
-# (0.204 there, against 0.049 answering everything; 0.165 with the reader's score alone, 0.204
-# from w = 2 to 4, the smallest kept); the flag threshold of best flag accuracy (0.961: 5 of 8
-# hostile messages flagged, 1 of 95 others). Both rounded down a little. The knowledge base is
-# the documentation, and the models are the shipped ones, so an edit to either can move these:
-# calibrate again.
-CALIBRATED_SIMILARITY_WEIGHT = 2.0
-CALIBRATED_THRESHOLD = 0.0176
-CALIBRATED_HUMAN_THRESHOLD = 0.9938
+# (0.252 there, against 0.117 answering everything; 0.204 with the reader's score alone, 0.233
+# at w = 0.5 and 1, 0.243 at 2 and 3, 0.252 at 4, 0.233 at 6); the flag threshold of best flag
+# accuracy (0.961: 5 of 8 hostile messages flagged, 1 of 95 others). Both rounded down a little.
+# The knowledge base is the documentation, and the models are the shipped ones, so an edit to
+# either can move these: calibrate again.
+CALIBRATED_SIMILARITY_WEIGHT = 4.0
+CALIBRATED_THRESHOLD = 0.00779
+CALIBRATED_HUMAN_THRESHOLD = 0.99407
 
 
 class AssistantSettings(BaseSettings):
