@@ -147,9 +147,10 @@ def client(
     budget: Callable[[], bool],
     seed: int,
     headers: dict[str, str],
+    socket_timeout_s: float,
 ) -> None:
     rng = random.Random(seed)
-    connection = http.client.HTTPConnection(host, port, timeout=120)
+    connection = http.client.HTTPConnection(host, port, timeout=socket_timeout_s)
     while budget():
         path, body = traffic.request(rng)
         try:
@@ -227,6 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embed-share", type=float, default=0.2)
     parser.add_argument("--samples", type=int, default=40, help="RSS samples over the run")
     parser.add_argument("--rise-mb", type=float, default=50.0)
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=None,
+        help="each request's deadline (X-Request-Timeout; default: the server's): a long one keeps a "
+        "burst's requests queued, the worst case for memory, instead of answered 504 on a slow CPU",
+    )
     parser.add_argument("--max-rss-mb", type=float, default=None, help="fail above this RSS")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     args = parser.parse_args(argv)
@@ -265,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sentences, pairs = load_texts()
         traffic = Traffic(sentences, pairs, args.qa_share, args.embed_share)
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        if args.request_timeout_s is not None:
+            headers["X-Request-Timeout"] = str(args.request_timeout_s)
+        # The client waits past the server's deadline, so that the server's answer (a 504 at worst)
+        # is what is recorded, never the client giving up first.
+        socket_timeout_s = max(120.0, (args.request_timeout_s or 0.0) + 30.0)
         started = time.monotonic()
         deadline = started + args.max_seconds
         ready_rss = read_rss()
@@ -286,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed += 1
                 thread = threading.Thread(
                     target=client,
-                    args=(host, port, traffic, results, until(sent_target), seed, headers),
+                    args=(host, port, traffic, results, until(sent_target), seed, headers, socket_timeout_s),
                     daemon=True,
                 )
                 thread.start()
