@@ -18,7 +18,9 @@ The report (JSON) holds every run, the ratios the targets are stated in, the mac
 commit and the command; ``--plot-dir`` also renders the two PNG plots.
 
 The chat workload (``--workloads chat``, with all three bundles) times whole chatbot turns as
-``examples/support_assistant`` makes them: classify and embed a message, then read 5 passages.
+``examples/support_assistant`` makes them: classify and embed a message, then read 5 passages;
+with ``--rerank-bundle`` too, rerank 20 retrieved passages before reading 3 of them, as the
+assistant does by default.
 The rerank workload (``--rerank-bundle``) sends a question and 20 passages per request; its
 items are pairs, so served and ceiling rates are both pairs per second (no PyTorch baseline).
 
@@ -372,11 +374,18 @@ def plan_chat(settings: Settings, report: BenchReport) -> ChatWorkload | None:
         if task != KIND_TASKS[kind]:
             raise DataError(bundle, f"bundle serves {task}; the chat workload needs {KIND_TASKS[kind]}")
     classify, embed, qa = present
-    workload = chat_workload(classify, embed, qa, settings.data_dir, settings.chat_items)
+    # With a reranker the turn is the assistant's default one: retrieve 20, rerank, read 5.
+    rerank = settings.bundle_for("rerank")
+    if rerank is not None and (task := read_manifest(rerank).task) != "rerank":
+        raise DataError(rerank, f"bundle serves {task}; the chat workload's reranker must serve rerank")
+    workload = chat_workload(
+        classify, embed, qa, settings.data_dir, settings.chat_items, rerank_bundle=rerank
+    )
+    stages = "rerank 20 passages, then answer over the first 3" if rerank else "answer over 5 passages"
     report.workloads[workload.name] = {
         "kind": "chat",
-        "task": "classify + embed, then answer over 5 passages",
-        "bundle": f"{classify}, {embed}, {qa}",
+        "task": f"classify + embed, then {stages}",
+        "bundle": ", ".join(str(bundle) for bundle in (classify, embed, *([rerank] if rerank else []), qa)),
         "items": len(workload),
         "mean_tokens": workload.mean_tokens,
         "flops_per_item": 0.0,

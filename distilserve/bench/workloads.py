@@ -9,7 +9,10 @@ pre-encoded HTTP requests (for the servers).
 * chat: one chatbot message per turn, as ``examples/support_assistant`` handles it: the SQuAD
   dev question is classified and embedded (concurrently), then read against 5 passages in one
   ``/v1/answer`` request (its own context and the next 4 distinct contexts of the dev set, in
-  place of retrieved ones: the retrieval itself is a small matrix product on the client);
+  place of retrieved ones: the retrieval itself is a small matrix product on the client). With a
+  rerank bundle, 20 passages are retrieved and reranked in one ``/v1/rerank`` request between
+  the two, and the first 3 of them are read, as the assistant does by default (the turn is
+  timed, not scored: which 3 the reranker would pick changes only their lengths);
 * rerank: one SQuAD dev question and 20 passages per ``/v1/rerank`` request (its own context and
   the next 19 distinct contexts of the dev set, as a retriever's top 20 would be); an item is
   one (question, passage) pair, so items per second are pairs per second, served and in process.
@@ -37,6 +40,8 @@ from distilserve.models.tokenization import ThreadSafeTokenizer
 
 WorkloadName = Literal["classify", "qa", "embed", "sweep", "chat", "rerank"]
 CHAT_PASSAGES = 5
+# Passages read after reranking: the support assistant's default (--top-k 3 of 20 reranked).
+CHAT_PASSAGES_RERANKED = 3
 # Passages per rerank request: a retriever's top 20.
 RERANK_DOCUMENTS = 20
 # The request shape a server speaks: distilserve's routes (which the PyTorch baseline copies),
@@ -181,6 +186,8 @@ class ChatWorkload(Workload):
     """Chat turns: ``items`` are the questions, ``passages`` the contexts each one reads."""
 
     passages: list[list[str]] = field(default_factory=list)
+    # Per question, the passages the reranker orders before the reading (empty: no rerank stage).
+    reranked: list[list[str]] = field(default_factory=list)
 
     def requests(
         self, model: str | None, api: Api = "distilserve", items_per_request: int = 1
@@ -190,22 +197,34 @@ class ChatWorkload(Workload):
         if api != "distilserve":
             raise ValueError("the chat workload runs against distilserve only")
         turns: list[BenchRequest] = []
-        for question, passages, tokens in zip(self.items, self.passages, self.tokens, strict=True):
+        reranked = self.reranked or [[] for _ in self.items]
+        for question, passages, documents, tokens in zip(
+            self.items, self.passages, reranked, self.tokens, strict=True
+        ):
             text = orjson.dumps({"input": question})
             first = (Call(ROUTES["text-classification"], text), Call(ROUTES["feature-extraction"], text))
+            rerank: tuple[tuple[Call, ...], ...] = ()
+            if documents:
+                body = orjson.dumps({"query": question, "documents": documents})
+                rerank = ((Call(ROUTES["rerank"], body),),)
             pairs = [{"question": question, "context": passage} for passage in passages]
             read = orjson.dumps({"inputs": pairs, "parameters": {"top_k": 1}})
-            turns.append(
-                ChatTurn("chat", b"", 1, tokens, stages=(first, (Call(ROUTES["question-answering"], read),)))
-            )
+            stages = (first, *rerank, (Call(ROUTES["question-answering"], read),))
+            turns.append(ChatTurn("chat", b"", 1, tokens, stages=stages))
         return turns
 
 
 def chat_workload(
-    classify_bundle: Path, embed_bundle: Path, qa_bundle: Path, data_dir: Path, limit: int | None = None
+    classify_bundle: Path,
+    embed_bundle: Path,
+    qa_bundle: Path,
+    data_dir: Path,
+    limit: int | None = None,
+    rerank_bundle: Path | None = None,
 ) -> ChatWorkload:
     """SQuAD dev questions, each with its own context and the next ``CHAT_PASSAGES - 1`` distinct
-    ones; tokens count every row of the three models (each window of each passage)."""
+    ones (with ``rerank_bundle``: ``RERANK_DOCUMENTS`` retrieved and reranked, the first
+    ``CHAT_PASSAGES_RERANKED`` read); tokens count every row of every model (each window of each passage)."""
     examples = read_squad(data_dir / SQUAD_DEV, limit)
     contexts = list(dict.fromkeys(example.context for example in examples))
     position = {context: index for index, context in enumerate(contexts)}
@@ -214,20 +233,25 @@ def chat_workload(
         BundleTokens(embed_bundle),
         BundleTokens(qa_bundle),
     )
+    reranker = BundleTokens(rerank_bundle) if rerank_bundle is not None else None
+    retrieved = min(RERANK_DOCUMENTS if reranker else CHAT_PASSAGES, len(contexts))
     questions: list[str] = []
     passages: list[list[str]] = []
+    reranked: list[list[str]] = []
     tokens: list[int] = []
     for example in examples:
         start = position[example.context]
-        chosen = [
-            contexts[(start + offset) % len(contexts)] for offset in range(min(CHAT_PASSAGES, len(contexts)))
-        ]
+        candidates = [contexts[(start + offset) % len(contexts)] for offset in range(retrieved)]
+        chosen = candidates[: CHAT_PASSAGES_RERANKED if reranker else CHAT_PASSAGES]
         rows = sum(classify.row_lengths(example.question)) + sum(embed.row_lengths(example.question))
         rows += sum(sum(reader.row_lengths(QAInput(example.question, passage))) for passage in chosen)
+        if reranker is not None:
+            rows += sum(sum(reranker.row_lengths(RerankPair(example.question, p))) for p in candidates)
+            reranked.append(candidates)
         questions.append(example.question)
         passages.append(chosen)
         tokens.append(rows)
-    return ChatWorkload("chat", "question-answering", questions, tokens, passages=passages)
+    return ChatWorkload("chat", "question-answering", questions, tokens, passages=passages, reranked=reranked)
 
 
 def text_of_length(

@@ -16,8 +16,9 @@ from examples.support_assistant.wiring import build_assistant, make_client
 
 def render(reply: Reply) -> str:
     lines = [f"assistant: {reply.answer}"]
+    reranked = "" if reply.rerank_score is None else f", reranker {reply.rerank_score:.2f}"
     lines.append(f"  confidence {reply.confidence:.4f} · source {reply.source.citation} "
-                 f"(similarity {reply.similarity:.2f})")  # fmt: skip
+                 f"(similarity {reply.similarity:.2f}{reranked})")  # fmt: skip
     lines.append(f'  "{reply.source.text[:160]}{"…" if len(reply.source.text) > 160 else ""}"')
     if reply.needs_human:
         lines.append(f"  [flagged for a human: {reply.sentiment.label} {reply.sentiment.score:.4f}]")

@@ -34,13 +34,17 @@ class SourceOut(BaseModel):
     file: str
     section: str
     passage: str
-    similarity: float
+    similarity: float = Field(description="cosine between the message and the passage")
+    rerank_score: float | None = Field(description="the reranker's relevance (0-1), when one reranked")
 
 
 class ChatResponse(BaseModel):
     answer: str = Field(description='the answer span, or "I don\'t know." below the threshold')
     known: bool
-    confidence: float = Field(description="reader span probability x passage similarity ** similarity_weight")
+    confidence: float = Field(
+        description="reader span probability x passage relevance (reranker score, or else similarity) "
+        "** relevance_weight"
+    )
     source: SourceOut = Field(description="the passage the answer comes from (or the best one read)")
     sentiment: str
     sentiment_score: float
@@ -57,6 +61,7 @@ def to_response(reply: Reply) -> ChatResponse:
             section=reply.source.section,
             passage=reply.source.text,
             similarity=round(reply.similarity, 4),
+            rerank_score=None if reply.rerank_score is None else round(reply.rerank_score, 4),
         ),
         sentiment=reply.sentiment.label,
         sentiment_score=round(reply.sentiment.score, 4),

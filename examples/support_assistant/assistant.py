@@ -1,9 +1,11 @@
-"""One chat turn: sentiment, retrieval, answer span, confidence, and "I don't know".
+"""One chat turn: sentiment, retrieval, reranking, answer span, confidence, and "I don't know".
 
 For a message the assistant asks distilserve, concurrently, for its sentiment (``/v1/classify``)
-and its embedding (``/v1/embeddings``); takes the ``top_k`` passages nearest to it by cosine
-similarity; asks the reader (``/v1/answer``) for the best span of each, in one request; and
-answers with the most trusted span (see ``confidence``), its passage and that confidence.
+and its embedding (``/v1/embeddings``); takes the ``retrieve_k`` passages nearest to it by cosine
+similarity; has the cross-encoder (``/v1/rerank``) score each of them against the message and
+keeps the ``top_k`` it scores highest (without a reranker: the ``top_k`` nearest); asks the
+reader (``/v1/answer``) for the best span of each, in one request; and answers with the most
+trusted span (see ``confidence``), its passage and that confidence.
 Below ``threshold`` it says it does not know, and still names the passage it read, so a person
 can look. A message the sentiment model finds negative with probability ``human_threshold`` or
 more is flagged for a human, whatever the answer.
@@ -30,19 +32,26 @@ class Candidate:
     passage: Passage
     similarity: float  # cosine between the message and the passage
     span: Span  # the reader's best span in the passage
+    rerank_score: float | None = None  # the cross-encoder's relevance (0-1), when one reranked
+
+    @property
+    def relevance(self) -> float:
+        """How well the passage matches the message: the reranker's score, which reads message
+        and passage together, or else the cosine similarity (clipped at 0)."""
+        return self.rerank_score if self.rerank_score is not None else max(self.similarity, 0.0)
 
 
-def confidence(candidate: Candidate, similarity_weight: float) -> float:
-    """How far to trust a candidate: ``reader score x similarity ** similarity_weight``.
+def confidence(candidate: Candidate, relevance_weight: float) -> float:
+    """How far to trust a candidate: ``reader score x relevance ** relevance_weight``.
 
     The reader's score (start x end probability within its passage) is no judge of relevance:
     the reader always finds its likeliest span, and in an unrelated passage that span can still
-    score 0.5. The cosine similarity is what falls for a message the documentation does not
-    cover (near 0.1, against 0.3-0.7 for a covered one). How much it weighs is chosen with the
-    threshold on the labelled questions (``calibrate``), as retriever-reader systems weigh the
-    retriever's log-score against the reader's.
+    score 0.5. The passage's relevance is what falls for a message the documentation does not
+    cover (a cosine near 0.1 against 0.3-0.7 for a covered one; a reranker's score near 0).
+    How much it weighs is chosen with the threshold on the labelled questions (``calibrate``),
+    as retriever-reader systems weigh the retriever's log-score against the reader's.
     """
-    return candidate.span.score * float(max(candidate.similarity, 0.0) ** similarity_weight)
+    return candidate.span.score * float(candidate.relevance**relevance_weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +63,7 @@ class Reply:
     best: Candidate  # the span answered (or withheld) and its passage
     sentiment: Sentiment
     needs_human: bool
-    candidates: tuple[Candidate, ...] = field(default=())  # every passage read, in retrieval order
+    candidates: tuple[Candidate, ...] = field(default=())  # every passage read, best ranked first
 
     @property
     def source(self) -> Passage:
@@ -64,10 +73,14 @@ class Reply:
     def similarity(self) -> float:
         return self.best.similarity
 
+    @property
+    def rerank_score(self) -> float | None:
+        return self.best.rerank_score
 
-def best_candidate(candidates: Sequence[Candidate], similarity_weight: float) -> Candidate:
-    """The candidate of highest confidence; on a tie, the earlier (better retrieved) one."""
-    return max(candidates, key=lambda candidate: confidence(candidate, similarity_weight))
+
+def best_candidate(candidates: Sequence[Candidate], relevance_weight: float) -> Candidate:
+    """The candidate of highest confidence; on a tie, the earlier (better ranked) one."""
+    return max(candidates, key=lambda candidate: confidence(candidate, relevance_weight))
 
 
 class Assistant:
@@ -77,15 +90,20 @@ class Assistant:
         knowledge: KnowledgeBase,
         *,
         top_k: int = 5,
+        retrieve_k: int = 20,
+        reranker: str | None = None,
         threshold: float = 0.0,
-        similarity_weight: float = 1.0,
+        relevance_weight: float = 1.0,
         human_threshold: float = 0.95,
     ) -> None:
         self.client = client
         self.knowledge = knowledge
         self.top_k = top_k
+        # Without a reranker only the top_k are needed; with one, it chooses them among more.
+        self.retrieve_k = max(retrieve_k, top_k) if reranker else top_k
+        self.reranker = reranker
         self.threshold = threshold
-        self.similarity_weight = similarity_weight
+        self.relevance_weight = relevance_weight
         self.human_threshold = human_threshold
 
     @classmethod
@@ -96,8 +114,10 @@ class Assistant:
         *,
         max_words: int = 100,
         top_k: int = 5,
+        retrieve_k: int = 20,
+        reranker: str | None = None,
         threshold: float = 0.0,
-        similarity_weight: float = 1.0,
+        relevance_weight: float = 1.0,
         human_threshold: float = 0.95,
         index_timeout_s: float = 60.0,
     ) -> Assistant:
@@ -123,8 +143,10 @@ class Assistant:
             client,
             knowledge,
             top_k=top_k,
+            retrieve_k=retrieve_k,
+            reranker=reranker,
             threshold=threshold,
-            similarity_weight=similarity_weight,
+            relevance_weight=relevance_weight,
             human_threshold=human_threshold,
         )
 
@@ -133,14 +155,22 @@ class Assistant:
         if not message:
             raise ValueError("the message is empty")
         sentiment, query = await asyncio.gather(self.client.classify(message), self.client.embed([message]))
-        hits = self.knowledge.search(query[0], self.top_k)
+        hits = self.knowledge.search(query[0], self.retrieve_k)
+        rerank_scores: list[float | None] = [None] * len(hits)
+        if self.reranker:
+            scores = await self.client.rerank(message, [passage.text for passage, _ in hits], self.reranker)
+            # Best first; on a tie the better retrieved one (sorted is stable).
+            order = sorted(range(len(hits)), key=lambda index: -scores[index])
+            hits = [hits[index] for index in order]
+            rerank_scores = [scores[index] for index in order]
+        hits, rerank_scores = hits[: self.top_k], rerank_scores[: self.top_k]
         spans = await self.client.answer(message, [passage.text for passage, _ in hits])
         candidates = tuple(
-            Candidate(passage, similarity, span)
-            for (passage, similarity), span in zip(hits, spans, strict=True)
+            Candidate(passage, similarity, span, rerank_score)
+            for (passage, similarity), span, rerank_score in zip(hits, spans, rerank_scores, strict=True)
         )
-        best = best_candidate(candidates, self.similarity_weight)
-        trust = confidence(best, self.similarity_weight)
+        best = best_candidate(candidates, self.relevance_weight)
+        trust = confidence(best, self.relevance_weight)
         known = trust >= self.threshold and bool(best.span.answer.strip())
         return Reply(
             message=message,

@@ -1,4 +1,4 @@
-"""Choose the similarity weight, the "I don't know" threshold and the human-flag threshold on the
+"""Choose the relevance weight, the "I don't know" threshold and the human-flag threshold on the
 calibration split of questions.json, then score the test split with them.
 
     python -m examples.support_assistant.calibrate [--distilserve-url URL]
@@ -41,9 +41,9 @@ async def score(assistant: Assistant, split: Split) -> list[Scored]:
 def report(scored: Sequence[Scored], chosen: Calibration) -> None:
     rows = []
     for item in scored:
-        candidate, trust = item.best(chosen.similarity_weight)
+        candidate, trust = item.best(chosen.relevance_weight)
         if trust >= chosen.threshold:
-            verdict = "right" if item.correct_if_answered(chosen.similarity_weight) else "wrong"
+            verdict = "right" if item.correct_if_answered(chosen.relevance_weight) else "wrong"
         else:
             verdict = "withheld" if item.question.answerable else "right (I don't know)"
         rows.append((trust, verdict, item.question.question, candidate.span.answer, candidate.passage.source))
@@ -59,21 +59,19 @@ async def calibrate(settings: AssistantSettings) -> int:
     chosen = choose_threshold(calibration)
     answerable = [item for item in calibration if item.question.answerable]
     print(f"calibration split: {len(calibration)} messages, {len(answerable)} answerable")
-    for weight in sorted({0.0, chosen.similarity_weight}):
+    for weight in sorted({0.0, chosen.relevance_weight}):
         right = sum(item.correct_if_answered(weight) for item in answerable)
-        print(
-            f"  answers right before any threshold, similarity weight {weight:g}: {right}/{len(answerable)}"
-        )
+        print(f"  answers right before any threshold, relevance weight {weight:g}: {right}/{len(answerable)}")
     report(calibration, chosen)
     for choice in calibrations(calibration):
-        weight, threshold, accuracy = choice.similarity_weight, choice.threshold, choice.accuracy
+        weight, threshold, accuracy = choice.relevance_weight, choice.threshold, choice.accuracy
         print(f"  weight {weight:g}: threshold {threshold:.6f}, accuracy {accuracy:.3f}")
     print(
-        f"chosen: similarity weight {chosen.similarity_weight:g}, threshold {chosen.threshold:.6f}; "
+        f"chosen: relevance weight {chosen.relevance_weight:g}, threshold {chosen.threshold:.6f}; "
         f"calibration accuracy {chosen.accuracy:.3f} (no threshold: "
-        f"{accuracy_at(calibration, chosen.similarity_weight, 0.0):.3f})"
+        f"{accuracy_at(calibration, chosen.relevance_weight, 0.0):.3f})"
     )
-    test_accuracy = accuracy_at(test, chosen.similarity_weight, chosen.threshold)
+    test_accuracy = accuracy_at(test, chosen.relevance_weight, chosen.threshold)
     print(f"test split: accuracy {test_accuracy:.3f} on {len(test)} messages")
     report(test, chosen)
     human, flag_accuracy = choose_human_threshold(calibration)

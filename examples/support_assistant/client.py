@@ -1,4 +1,4 @@
-"""An async client for the three distilserve routes the assistant uses, with timeouts and retries.
+"""An async client for the four distilserve routes the assistant uses, with timeouts and retries.
 
 A 429 (queue full) or 503 (over capacity, draining) is distilserve saying "not now": the client
 waits what ``Retry-After`` asks (capped, so a wrong header cannot stall a chat turn) and tries
@@ -141,6 +141,15 @@ class DistilserveClient:
         body = await self.post("/v1/embeddings", {"input": list(texts)}, timeout_s)
         rows = sorted(body["data"], key=lambda item: item["index"])
         return np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+
+    async def rerank(self, query: str, documents: Sequence[str], model: str) -> list[float]:
+        """The cross-encoder's relevance (0-1) of each document to ``query``, in the order given
+        (one ``/v1/rerank`` request; the server answers best first)."""
+        body = await self.post("/v1/rerank", {"model": model, "query": query, "documents": list(documents)})
+        scores = {int(result["index"]): float(result["relevance_score"]) for result in body["results"]}
+        if sorted(scores) != list(range(len(documents))):
+            raise DistilserveError(f"/v1/rerank scored documents {sorted(scores)} of {len(documents)}")
+        return [scores[index] for index in range(len(documents))]
 
     async def answer(self, question: str, contexts: Sequence[str]) -> list[Span]:
         """The best span of each context, in the order given (one request for all of them)."""

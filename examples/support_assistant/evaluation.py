@@ -14,8 +14,8 @@ from examples.support_assistant.assistant import Candidate, best_candidate, conf
 
 QUESTIONS_FILE = Path(__file__).with_name("questions.json")
 Split = Literal["calibration", "test"]
-# The similarity weights ``calibrate`` tries (0: the reader's score alone).
-SIMILARITY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+# The relevance weights ``calibrate`` tries (0: the reader's score alone).
+RELEVANCE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,30 +59,30 @@ def exact_match(prediction: str, answers: Sequence[str]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """One labelled message as the assistant read it: every candidate, so that any similarity
+    """One labelled message as the assistant read it: every candidate, so that any relevance
     weight and threshold can be scored without asking distilserve again."""
 
     question: LabelledQuestion
     candidates: tuple[Candidate, ...]
     negative: float  # the sentiment model's probability that the message is negative
 
-    def best(self, similarity_weight: float) -> tuple[Candidate, float]:
-        chosen = best_candidate(self.candidates, similarity_weight)
-        return chosen, confidence(chosen, similarity_weight)
+    def best(self, relevance_weight: float) -> tuple[Candidate, float]:
+        chosen = best_candidate(self.candidates, relevance_weight)
+        return chosen, confidence(chosen, relevance_weight)
 
-    def correct_if_answered(self, similarity_weight: float) -> bool:
-        chosen, _ = self.best(similarity_weight)
+    def correct_if_answered(self, relevance_weight: float) -> bool:
+        chosen, _ = self.best(relevance_weight)
         return self.question.answerable and exact_match(chosen.span.answer, self.question.answers)
 
 
-def accuracy_at(scored: Sequence[Scored], similarity_weight: float, threshold: float) -> float:
+def accuracy_at(scored: Sequence[Scored], relevance_weight: float, threshold: float) -> float:
     """Exact-match accuracy when answers below ``threshold`` become "I don't know": right for an
     unanswerable question, wrong for an answerable one (as SQuAD 2.0 scores abstentions)."""
     right = 0
     for item in scored:
-        _, trust = item.best(similarity_weight)
+        _, trust = item.best(relevance_weight)
         answered = trust >= threshold
-        right += item.correct_if_answered(similarity_weight) if answered else not item.question.answerable
+        right += item.correct_if_answered(relevance_weight) if answered else not item.question.answerable
     return right / max(len(scored), 1)
 
 
@@ -102,15 +102,13 @@ def _best_threshold(values: Sequence[float], accuracy: Callable[[float], float])
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    similarity_weight: float
+    relevance_weight: float
     threshold: float
     accuracy: float
 
 
-def calibrations(
-    scored: Sequence[Scored], weights: Sequence[float] = SIMILARITY_WEIGHTS
-) -> list[Calibration]:
-    """For each similarity weight, the "I don't know" threshold of best accuracy (as SQuAD 2.0's
+def calibrations(scored: Sequence[Scored], weights: Sequence[float] = RELEVANCE_WEIGHTS) -> list[Calibration]:
+    """For each relevance weight, the "I don't know" threshold of best accuracy (as SQuAD 2.0's
     ``find_best_thresh`` picks it) and that accuracy."""
     choices = []
     for weight in weights:
@@ -123,10 +121,10 @@ def calibrations(
     return choices
 
 
-def choose_threshold(scored: Sequence[Scored], weights: Sequence[float] = SIMILARITY_WEIGHTS) -> Calibration:
-    """The similarity weight and threshold of best accuracy; on a tie the smaller weight."""
+def choose_threshold(scored: Sequence[Scored], weights: Sequence[float] = RELEVANCE_WEIGHTS) -> Calibration:
+    """The relevance weight and threshold of best accuracy; on a tie the smaller weight."""
     choices = calibrations(scored, weights)
-    return max(choices, key=lambda choice: (choice.accuracy, -choice.similarity_weight))
+    return max(choices, key=lambda choice: (choice.accuracy, -choice.relevance_weight))
 
 
 def choose_human_threshold(scored: Sequence[Scored]) -> tuple[float, float]:

@@ -24,8 +24,10 @@ async def build_assistant(client: DistilserveClient, settings: AssistantSettings
         settings.docs_root,
         max_words=settings.passage_words,
         top_k=settings.top_k,
+        retrieve_k=settings.retrieve_k,
+        reranker=settings.reranker,
         threshold=settings.threshold,
-        similarity_weight=settings.similarity_weight,
+        relevance_weight=settings.relevance_weight,
         human_threshold=settings.human_threshold,
         index_timeout_s=settings.index_timeout_s,
     )

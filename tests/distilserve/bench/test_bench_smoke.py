@@ -26,6 +26,7 @@ from distilserve.bench.server_metrics import parse_histogram_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, free_port
 from distilserve.bench.workloads import (
     CHAT_PASSAGES,
+    CHAT_PASSAGES_RERANKED,
     BundleTokens,
     chat_workload,
     classify_workload,
@@ -33,7 +34,7 @@ from distilserve.bench.workloads import (
     text_of_length,
 )
 from distilserve.models.evaluation.data import SQUAD_DEV
-from distilserve.models.tasks import QAInput
+from distilserve.models.tasks import QAInput, RerankPair
 from tests.server.conftest import BundleMap, LiveServer, metric, state_of
 from tests.tiny_models import corpus
 
@@ -257,6 +258,40 @@ def test_a_chat_turn_is_classify_and_embed_then_one_answer_over_five_passages(
         }
     assert result.sent == result.ok == 9 and result.errors == {}  # type: ignore[attr-defined]
     assert served == {"/v1/classify": 9, "/v1/embeddings": 9, "/v1/answer": 9}
+
+
+def test_with_a_reranker_a_chat_turn_reranks_the_retrieved_passages_before_reading(
+    tiny_bundles: BundleMap, tiny_rerank_bundles: dict[tuple[str, str], Path], data_dir: Path
+) -> None:
+    write_squad(data_dir)
+    classify = tiny_bundles[("distilbert", "text-classification")]
+    embed = tiny_bundles[("bert", "feature-extraction")]
+    reader = tiny_bundles[("bert", "question-answering")]
+    reranker = tiny_rerank_bundles[("bert", "int8")]
+    plain = chat_workload(classify, embed, reader, data_dir, limit=6)
+    workload = chat_workload(classify, embed, reader, data_dir, limit=6, rerank_bundle=reranker)
+    # The tiny set has 6 contexts: all of them are retrieved (a real one: RERANK_DOCUMENTS), the
+    # first CHAT_PASSAGES_RERANKED read.
+    assert all(len(documents) == 6 for documents in workload.reranked)
+    assert workload.passages == [documents[:CHAT_PASSAGES_RERANKED] for documents in workload.reranked]
+    question = workload.items[0]
+    rerank_rows = sum(
+        sum(BundleTokens(reranker).row_lengths(RerankPair(question, p))) for p in workload.reranked[0]
+    )
+    read_rows = sum(sum(BundleTokens(reader).row_lengths(QAInput(question, p))) for p in workload.passages[0])
+    first_rows = sum(BundleTokens(classify).row_lengths(question)) + sum(
+        BundleTokens(embed).row_lengths(question)
+    )
+    assert workload.tokens[0] == first_rows + rerank_rows + read_rows
+    assert plain.passages[0][:CHAT_PASSAGES_RERANKED] == workload.passages[0]
+    (turn, *_) = workload.requests(None)
+    assert isinstance(turn, ChatTurn)
+    assert [[call.path for call in stage] for stage in turn.stages] == [
+        ["/v1/classify", "/v1/embeddings"],
+        ["/v1/rerank"],
+        ["/v1/answer"],
+    ]
+    assert json.loads(turn.stages[1][0].body) == {"query": question, "documents": workload.reranked[0]}
 
 
 def test_a_chat_turn_that_fails_counts_its_first_failing_status(

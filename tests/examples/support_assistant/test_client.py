@@ -126,3 +126,26 @@ async def test_answers_come_back_one_per_context_in_order() -> None:
         ],
         "parameters": {"top_k": 1},
     }
+
+
+async def test_rerank_scores_come_back_in_document_order() -> None:
+    best_first = {
+        "id": "rerank-1",
+        "model": "squad-reranker",
+        "results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.2}],
+    }
+    script = Script(httpx.Response(200, json=best_first))
+    async with client_for(script, []) as client:
+        scores = await client.rerank("Which port?", ["about memory", "port 8080"], "squad-reranker")
+    assert scores == [0.2, 0.9]
+    sent = json.loads(script.requests[0].content)
+    assert sent == {
+        "model": "squad-reranker",
+        "query": "Which port?",
+        "documents": ["about memory", "port 8080"],
+    }
+    # A document the server left unscored is an error, not a silent 0.
+    partial = {"results": [{"index": 1, "relevance_score": 0.9}]}
+    async with client_for(Script(httpx.Response(200, json=partial)), []) as client:
+        with pytest.raises(DistilserveError, match="scored documents"):
+            await client.rerank("Which port?", ["about memory", "port 8080"], "squad-reranker")

@@ -87,12 +87,22 @@ def candidate(answer: str, score: float, similarity: float) -> Candidate:
     return Candidate(Passage("README.md", "", answer), similarity, Span(answer, score, 0, len(answer)))
 
 
-def test_the_similarity_weight_trades_the_reader_against_retrieval() -> None:
+def test_the_relevance_weight_trades_the_reader_against_retrieval() -> None:
     sure_but_unrelated, unsure_but_relevant = candidate("429", 0.8, 0.3), candidate("8080", 0.3, 0.6)
     assert confidence(sure_but_unrelated, 0.0) == 0.8
     assert confidence(unsure_but_relevant, 2.0) == pytest.approx(0.3 * 0.36)
     assert best_candidate([sure_but_unrelated, unsure_but_relevant], 0.0) is sure_but_unrelated
     assert best_candidate([sure_but_unrelated, unsure_but_relevant], 3.0) is unsure_but_relevant
+
+
+def test_a_rerankers_score_is_the_relevance_when_there_is_one() -> None:
+    passage = Passage("README.md", "", "8080")
+    retrieved_only = Candidate(passage, -0.2, Span("8080", 0.5, 0, 4))
+    reranked = Candidate(passage, 0.3, Span("8080", 0.5, 0, 4), rerank_score=0.9)
+    assert retrieved_only.relevance == 0.0  # a negative cosine counts as no relevance
+    assert reranked.relevance == 0.9
+    assert confidence(reranked, 2.0) == pytest.approx(0.5 * 0.81)
+    assert confidence(retrieved_only, 0.0) == 0.5
 
 
 def test_squad_normalisation() -> None:
