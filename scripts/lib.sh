@@ -1,5 +1,24 @@
 # shellcheck shell=bash
-# Shell helpers shared by the build scripts (sourced, not run). They expect $RUNS to be set.
+# Shell helpers shared by the build scripts (sourced, not run). timed and run_queued expect $RUNS
+# to be set.
+
+# parse_ship_reuse_args HELP_LAST_LINE ARG...: the flags of the reader and reranker builds:
+# --ship (copy the result into model-zoo/: SHIP=1), --reuse (keep trained checkpoints: REUSE=1),
+# -h/--help (print the script's header, lines 2 to HELP_LAST_LINE); anything else exits 2.
+parse_ship_reuse_args() {
+  local help_last_line=$1 arg
+  shift
+  SHIP=0
+  REUSE=0
+  for arg in "$@"; do
+    case "$arg" in
+      --ship) SHIP=1 ;;
+      --reuse) REUSE=1 ;;
+      -h|--help) sed -n "2,${help_last_line}p" "$0"; exit 0 ;;
+      *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+  done
+}
 
 # timed NAME COMMAND...: run with its output in $RUNS/NAME.log, then print the log's last lines
 # (progress lines left out) and the time taken. A failure prints the tail and exits the script.

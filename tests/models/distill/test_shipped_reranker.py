@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, shared_data_dir
+from tests.models.distill.shipped import SQUAD_CARD_TERMS, documented_card
 
 BUNDLE = REPO_ROOT / "model-zoo" / "squad-reranker"
 README_QUERY = "What is the capital of France?"
@@ -38,18 +39,7 @@ def test_shipped_reranker_loads_and_ranks_the_readme_example() -> None:
 
 
 def test_shipped_reranker_is_documented_and_small() -> None:
-    card = (BUNDLE / "MODEL_CARD.md").read_text(encoding="utf-8")
-    for required in (
-        "CC BY-SA 4.0",
-        "Apache-2.0",
-        "squad_v1.1_train.json",
-        "squad_v1.1_train_ambiguous_ids.txt",
-        "scripts/build_reranker_model.sh",
-        "Licence",
-    ):
-        assert required in card, required
-    size = sum(path.stat().st_size for path in BUNDLE.iterdir())
-    assert size < 25_000_000
+    documented_card(BUNDLE, (*SQUAD_CARD_TERMS, "scripts/build_reranker_model.sh"))
     evaluation = json.loads((BUNDLE / "eval.json").read_text(encoding="utf-8"))
     assert evaluation["dataset"] == "squad-rerank" and evaluation["primary_metric"] == "mrr@10"
     names = {entry["name"] for entry in evaluation["models"]}
