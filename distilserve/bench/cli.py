@@ -369,15 +369,16 @@ def plan_chat(settings: Settings, report: BenchReport) -> ChatWorkload | None:
         report.notes.append(f"chat: needs --{'-bundle, --'.join(missing)}-bundle; workload skipped")
         return None
     present = [bundle for bundle in bundles if bundle is not None]
-    for kind, bundle in zip(kinds, present, strict=True):
+    classify, embed, qa = present
+    # With a reranker the turn is the assistant's default one: retrieve 20, rerank, read 3.
+    rerank = settings.bundle_for("rerank")
+    checked: list[tuple[Kind, Path]] = [*zip(kinds, present, strict=True)]
+    if rerank is not None:
+        checked.append(("rerank", rerank))
+    for kind, bundle in checked:
         task = read_manifest(bundle).task
         if task != KIND_TASKS[kind]:
             raise DataError(bundle, f"bundle serves {task}; the chat workload needs {KIND_TASKS[kind]}")
-    classify, embed, qa = present
-    # With a reranker the turn is the assistant's default one: retrieve 20, rerank, read 5.
-    rerank = settings.bundle_for("rerank")
-    if rerank is not None and (task := read_manifest(rerank).task) != "rerank":
-        raise DataError(rerank, f"bundle serves {task}; the chat workload's reranker must serve rerank")
     workload = chat_workload(
         classify, embed, qa, settings.data_dir, settings.chat_items, rerank_bundle=rerank
     )
