@@ -1,13 +1,15 @@
 """Process memory: what this process holds (RSS), what its container allows (the cgroup limit),
 and handing freed heap pages back to the system (glibc's ``malloc_trim``).
 
-Why a fixed mmap threshold (``map_large_blocks``): ONNX Runtime's CPU arena, shrunk after a
-large run (``OnnxSession``), frees its extra chunks to glibc, and glibc keeps freed memory in
+Why a fixed mmap threshold (``map_large_blocks``): ONNX Runtime's CPU arena, shrunk by a release
+(``OnnxSession.release_memory``), frees its extra chunks to glibc, and glibc keeps freed memory in
 the process unless the blocks were mapped on their own, which its dynamic threshold stops doing
 for blocks under 32 MiB. Measured on the three default models (issue 25): arena alone grows to
 about 1.1 GB; arena shrink alone about 530 MB and still rising; arena shrink with large blocks
-mapped, or with a ``malloc_trim`` after each run, stays flat at about 150 MB. The trim per run
-cost about 20% of the throughput of large batches; the fixed threshold costs nothing per run.
+mapped, or with a ``malloc_trim`` after each run, stays flat at about 150 MB. The fixed threshold
+costs nothing per run; what a release costs is the next large batch mapping its memory again
+(108,000 page faults for the reader's 21-window batch), which is why the server releases when a
+model is idle, not after every batch (``distilserve.server.batching``).
 """
 
 from __future__ import annotations

@@ -95,6 +95,10 @@ class ModelRuntime:
             outputs = self.session.run(batch.feed, self.manifest.output_names)
         return self.processor.split_outputs(outputs, batch)
 
+    def release_memory(self) -> None:
+        """Give back the memory earlier batches left the engine holding (``Engine.release_memory``)."""
+        self.session.release_memory()
+
     def finish(self, prepared: Prepared, row_outputs: Sequence[Any], params: Any = None) -> Any:
         return self.processor.finish(
             prepared, row_outputs, self.processor.default_params() if params is None else params

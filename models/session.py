@@ -29,17 +29,24 @@ class SessionOptions:
     inter_op_threads: int = 1
     allow_spinning: bool = True
     graph_optimization: bool = True
-    # After each run, shrink ONNX Runtime's CPU arena back to its first chunk, its large blocks
-    # mapped on their own so that the freed pages go back to the system
-    # (``distilserve.models.memory.map_large_blocks``). Without it the arena keeps
-    # the largest batch shape it has seen, per session, and glibc keeps what the arena frees:
-    # the three default models grew past 1 GB under mixed traffic (issue 25).
+    # Let ``OnnxSession.release_memory`` hand ONNX Runtime's CPU arena back to the system: it
+    # shrinks the arena to its first chunk, with large blocks mapped on their own so that the
+    # freed pages leave the process (``distilserve.models.memory.map_large_blocks``). Without a
+    # release the arena keeps the largest batch shape it has seen, per session, and glibc keeps
+    # what the arena frees: the three default models grew past 1 GB under mixed traffic (issue 25).
+    # When to release is the caller's choice (the server's batcher: when idle, or near its budget),
+    # because a release after every large run cost 22% of large-batch throughput: the next run
+    # faults its pages in afresh.
     release_memory: bool = True
-    # ... but only after a batch that can have grown the arena much: rows x width^2 (the size of
-    # one head's attention scores) at least this. Below it (a few short texts) the arena holds
-    # tens of MiB at most, and a shrink and trim per run would cost more than the run saves.
-    release_above_cells: int = 1 << 18
 
+
+# The input types an encoder graph takes; ids and masks are int64 in every export we make.
+_NUMPY_TYPES: dict[str, type] = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(bool)": np.bool_,
+}
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -100,13 +107,12 @@ class OnnxSession:
             sess_options=session_options,
             providers=["CPUExecutionProvider"],
         )
-        self.release_memory = options.release_memory
-        self.release_above_cells = options.release_above_cells
-        self._run_options: ort.RunOptions | None = None
+        self._shrink_options: ort.RunOptions | None = None
         if options.release_memory:
             map_large_blocks()
-            self._run_options = ort.RunOptions()
-            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            self._shrink_options = ort.RunOptions()
+            self._shrink_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._smallest_feed: dict[str, np.ndarray] | None = None
         self.input_names: list[str] = [node.name for node in self._session.get_inputs()]
         self.output_names: list[str] = [node.name for node in self._session.get_outputs()]
         logger.debug(
@@ -114,21 +120,32 @@ class OnnxSession:
             extra={"model_path": str(self.model_path), "intra_op_threads": options.intra_op_threads},
         )
 
-    @staticmethod
-    def _attention_cells(inputs: dict[str, np.ndarray]) -> int:
-        """rows x width^2 of the batch (its first 2-D input: token ids or mask)."""
-        for array in inputs.values():
-            if array.ndim == 2:
-                rows, width = array.shape
-                return int(rows) * int(width) * int(width)
-        return 0
-
     def run(
         self, feed: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run the graph. Only the inputs the graph declares are passed on."""
         names = output_names or self.output_names
         inputs = {name: feed[name] for name in self.input_names}
-        release = self.release_memory and self._attention_cells(inputs) >= self.release_above_cells
-        values = self._session.run(names, inputs, self._run_options if release else None)
+        values = self._session.run(names, inputs)
         return dict(zip(names, values, strict=True))
+
+    @property
+    def releases_memory(self) -> bool:
+        """Whether ``release_memory`` gives anything back (``SessionOptions.release_memory``)."""
+        return self._shrink_options is not None
+
+    def release_memory(self) -> None:
+        """Shrink the arena to its first chunk, so the memory earlier runs grew it by leaves the
+        process. ONNX Runtime shrinks only at the end of a run, so this is a run of one token: a
+        few milliseconds, and the next large run faults its memory in again."""
+        if self._shrink_options is None:
+            return
+        if self._smallest_feed is None:
+            self._smallest_feed = {
+                node.name: np.ones(
+                    [dim if isinstance(dim, int) else 1 for dim in node.shape],
+                    dtype=_NUMPY_TYPES.get(node.type, np.int64),
+                )
+                for node in self._session.get_inputs()
+            }
+        self._session.run(self.output_names[:1], self._smallest_feed, self._shrink_options)

@@ -77,6 +77,7 @@ def build_app(
         ),
         max_wait_ms=settings.max_wait_ms,
         max_queue_tokens=settings.max_queue_tokens,
+        memory_release_idle_s=settings.memory_release_idle_s if settings.release_memory else None,
     )
     registry = ModelRegistry(
         specs,

@@ -155,6 +155,14 @@ def run(settings: ServerSettings) -> int:
         return 2
     topology = resolve_topology(settings, specs)
     logger.info("topology", extra=topology.describe())
+    logger.info(
+        "memory",
+        extra={
+            "release_memory": settings.release_memory,
+            "release_idle_s": settings.memory_release_idle_s,
+            "budget_mib": None if (budget := settings.memory_budget_bytes()) is None else budget // 2**20,
+        },
+    )
     # From here on the settings hold what was chosen: N workers, each with its share of threads.
     settings = settings.model_copy(
         update={"workers": topology.workers, "intra_op_threads": topology.intra_op_threads}

@@ -201,6 +201,13 @@ class ServerMetrics:
             ["model"],
             registry=r,
         )
+        self.memory_releases = Counter(
+            "distilserve_memory_releases",
+            "Times a model's engine gave its batch memory back to the system, by reason: idle (no "
+            "batch for --memory-release-idle-s) or budget (the process above its release mark).",
+            ["model", "reason"],
+            registry=r,
+        )
         self.resident_memory = Gauge(
             "distilserve_memory_resident_bytes",
             "Resident memory (RSS) of the server process, read at each scrape.",

@@ -215,6 +215,10 @@ class Observer:
     def memory_split_batch(self, model: str) -> None:
         """A planned batch cut smaller to fit the model's share of the memory budget."""
 
+    def memory_released(self, model: str, reason: str) -> None:
+        """The model's engine gave back what its batches left it holding: ``reason`` "idle" (no
+        batch for the idle time) or "budget" (the process above its release mark)."""
+
     def answered_fast(self, path: str, status: int) -> None:
         """An answer ``distilserve.server.http_protocol`` wrote without the app (no trace)."""
 
@@ -299,6 +303,9 @@ class PrometheusObserver(Observer):
 
     def memory_split_batch(self, model: str) -> None:
         self.metrics.memory_split_batches.labels(model).inc()
+
+    def memory_released(self, model: str, reason: str) -> None:
+        self.metrics.memory_releases.labels(model, reason).inc()
 
 
 class CompositeObserver(Observer):

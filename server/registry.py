@@ -27,6 +27,9 @@ CALIBRATION_ATTEMPTS = 3
 # The part of the memory budget that the weights, loaded at start, and the batches may use; the
 # rest is for what comes and goes with requests (bodies, token ids, responses, the tokenizers).
 BATCH_MEMORY_SHARE = 0.8
+# Above this part of the budget, a model gives back its batch memory after each large batch, not
+# only when idle: what idle models' engines keep must leave room for the batches that run.
+RELEASE_MARK_SHARE = 0.5
 
 
 def calibration_token_id(runtime: ModelRuntime) -> int:
@@ -82,7 +85,12 @@ class ModelRegistry:
             load = functools.partial(load_model, spec.bundle_dir, self.session_options, engine=self.engine)
             runtime = await loop.run_in_executor(None, load)
             batcher = DynamicBatcher(
-                spec.name, runtime.forward, self.policy, self.observer, packed=runtime.packed
+                spec.name,
+                runtime.forward,
+                self.policy,
+                self.observer,
+                packed=runtime.packed,
+                release_memory=runtime.release_memory if self.session_options.release_memory else None,
             )
             batcher.start()
             served = ServedModel(spec.name, runtime, batcher)
@@ -121,7 +129,7 @@ class ModelRegistry:
         share = max(int(budget * BATCH_MEMORY_SHARE) - loaded, 0) // len(self.models)
         for served in self.models.values():
             estimate = BatchMemoryEstimate(served.runtime.manifest.hidden_size or DEFAULT_HIDDEN_SIZE)
-            served.batcher.use_memory_limit(share, estimate)
+            served.batcher.use_memory_limit(share, estimate, int(budget * RELEASE_MARK_SHARE))
             longest = served.runtime.manifest.max_length
             rows = estimate.rows_within(share, longest)
             log = logger.warning if rows < 1 else logger.info
@@ -132,6 +140,7 @@ class ModelRegistry:
                     "budget_mib": budget // 2**20,
                     "loaded_mib": loaded // 2**20,
                     "batch_limit_mib": share // 2**20,
+                    "release_above_mib": int(budget * RELEASE_MARK_SHARE) // 2**20,
                     "rows_at_max_length": rows,
                     "max_length": longest,
                 },

@@ -243,9 +243,18 @@ class ServerSettings(BaseSettings):
     release_memory: bool = Field(
         True,
         description=(
-            "after each large model batch, shrink ONNX Runtime's memory arena and return freed heap pages to "
-            "the system, so memory stays near what the largest batch needs instead of growing with "
-            "every batch shape seen"
+            "give back to the system the memory a model's large batches leave ONNX Runtime's arena "
+            "holding: when the model has had no batch for --memory-release-idle-s, and after each large "
+            "batch while the process is above half its memory budget; off, memory stays at what the "
+            "largest batches of each model needed"
+        ),
+    )
+    memory_release_idle_s: float = Field(
+        1.0,
+        ge=0.0,
+        description=(
+            "seconds with no batch after which a model gives back its batch memory (with "
+            "--release-memory); the next large batch after a release pays to map its memory again"
         ),
     )
     memory_budget_mb: int | None = Field(

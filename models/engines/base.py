@@ -29,4 +29,8 @@ class Engine(Protocol):
         self, feed: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]: ...
 
+    def release_memory(self) -> None:
+        """Give back to the system the memory earlier runs left the engine holding (called by the
+        server when a model is idle, or near its memory budget); the outputs do not change."""
+
     def describe(self) -> dict[str, object]: ...

@@ -34,6 +34,9 @@ class OnnxRuntimeEngine:
     ) -> dict[str, np.ndarray]:
         return self.session.run(feed, output_names)
 
+    def release_memory(self) -> None:
+        self.session.release_memory()
+
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -17,6 +17,7 @@ from distilserve.server.batching import (
     DeadlineExceededError,
     DynamicBatcher,
     QueueFullError,
+    ReleaseFn,
 )
 from distilserve.server.metrics import ServerMetrics
 from distilserve.server.observer import PrometheusObserver
@@ -72,10 +73,26 @@ def make_batcher(
     max_wait_ms: float = DEFAULT_POLICY.max_wait_ms,
     max_queue_tokens: int = DEFAULT_POLICY.max_queue_tokens,
     packed: bool = False,
+    memory_release_idle_s: float | None = DEFAULT_POLICY.memory_release_idle_s,
+    release_memory: ReleaseFn | None = None,
+    read_resident_bytes: Callable[[], int | None] = lambda: None,
     **limits: int,
 ) -> DynamicBatcher:
-    policy = BatchPolicy(BatchLimits(**limits), max_wait_ms=max_wait_ms, max_queue_tokens=max_queue_tokens)
-    batcher = DynamicBatcher("fake", model, policy, PrometheusObserver(ServerMetrics()), packed=packed)
+    policy = BatchPolicy(
+        BatchLimits(**limits),
+        max_wait_ms=max_wait_ms,
+        max_queue_tokens=max_queue_tokens,
+        memory_release_idle_s=memory_release_idle_s,
+    )
+    batcher = DynamicBatcher(
+        "fake",
+        model,
+        policy,
+        PrometheusObserver(ServerMetrics()),
+        packed=packed,
+        release_memory=release_memory,
+        read_resident_bytes=read_resident_bytes,
+    )
     batcher.start()
     return batcher
 
@@ -349,3 +366,103 @@ async def test_a_row_that_could_never_fit_the_memory_limit_is_refused_before_it_
     finally:
         await batcher.stop()
     assert batcher.queued_rows == 0 and len(model.batches) == 1
+
+
+class Releases:
+    """A fake engine release: records the thread it ran on and which batches it came after."""
+
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+        self.after_batches: list[int] = []
+        self.threads: list[str] = []
+
+    def __call__(self) -> None:
+        self.after_batches.append(len(self.model.batches))
+        self.threads.append(threading.current_thread().name)
+
+
+def releases_counted(batcher: DynamicBatcher, reason: str) -> float:
+    value = metrics_of(batcher).registry.get_sample_value(
+        "distilserve_memory_releases_total", {"model": "fake", "reason": reason}
+    )
+    return 0.0 if value is None else value
+
+
+async def test_an_idle_model_gives_its_memory_back_once_its_queue_is_empty() -> None:
+    model = FakeModel()
+    releases = Releases(model)
+    # An idle time of 0: the release comes as soon as the queue is empty, not only after a while.
+    batcher = make_batcher(model, max_batch_size=2, memory_release_idle_s=0.0, release_memory=releases)
+    try:
+        model.release.clear()  # hold the first batch, so that five more rows queue behind it
+        blocker = asyncio.ensure_future(batcher.run_rows([row(4, tag=99)], far()))
+        await model.until_entered()
+        waiting = asyncio.ensure_future(batcher.run_rows([row(8, tag=tag) for tag in range(5)], far()))
+        await until(lambda: batcher.queued_rows == 5, "five rows queued")
+        model.release.set()
+        await asyncio.gather(blocker, waiting)
+        await until(lambda: len(releases.after_batches) == 1, "a release once the queue is empty")
+        # Four batches ran back to back (1 + 2 + 2 + 1 rows): no release between them.
+        assert releases.after_batches == [4]
+        assert releases.threads[0].startswith("infer-fake")  # between batches, on the inference thread
+        # Nothing ran since: no second release; the next batch makes the model hold memory again.
+        assert await batcher.run_rows([row(3)], far()) == [(0, 3)]
+        await until(lambda: len(releases.after_batches) == 2, "a release after the next batch")
+    finally:
+        await batcher.stop()
+    assert releases.after_batches == [4, 5]
+    assert releases_counted(batcher, "idle") == 2 and releases_counted(batcher, "budget") == 0
+
+
+async def test_above_the_release_mark_each_large_batch_is_followed_by_a_release() -> None:
+    from distilserve.models.memory import BatchMemoryEstimate
+
+    model = FakeModel()
+    releases = Releases(model)
+    resident = [900]
+    batcher = make_batcher(
+        model,
+        max_batch_size=1,
+        memory_release_idle_s=None,  # never on idle: only the mark releases here
+        release_memory=releases,
+        read_resident_bytes=lambda: resident[0],
+    )
+    estimate = BatchMemoryEstimate(hidden_size=384)
+    batcher.use_memory_limit(estimate.batch_bytes(4, 512), estimate, release_above_bytes=500)
+    try:
+        # Rows of 400 tokens are large batches (tens of MiB); rows of 10 are not.
+        assert await batcher.run_rows([row(400, 1), row(10, 2), row(400, 3)], far()) == [
+            (1, 400),
+            (2, 10),
+            (3, 400),
+        ]
+        resident[0] = 100  # under the mark: memory is kept
+        await batcher.run_rows([row(400, 4)], far())
+    finally:
+        await batcher.stop()
+    # One row per batch, the oldest first; no release after the short row's batch.
+    assert [batch[0][1] for batch in model.batches] == [400, 10, 400, 400]
+    assert releases.after_batches == [1, 3]
+    assert releases_counted(batcher, "budget") == 2 and releases_counted(batcher, "idle") == 0
+
+
+async def test_a_failing_release_is_logged_and_the_model_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = FakeModel()
+    failures: list[int] = []
+
+    def failing_release() -> None:
+        failures.append(len(model.batches))
+        raise RuntimeError("arena")
+
+    batcher = make_batcher(model, memory_release_idle_s=0.0, release_memory=failing_release)
+    try:
+        await batcher.run_rows([row(3)], far())
+        await until(lambda: failures == [1], "the release tried")
+        assert await batcher.run_rows([row(5, 7)], far()) == [(7, 5)]
+        await until(lambda: failures == [1, 2], "tried again after the next batch")
+    finally:
+        await batcher.stop()
+    assert "memory release failed" in caplog.text
+    assert releases_counted(batcher, "idle") == 0

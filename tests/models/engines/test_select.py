@@ -52,6 +52,9 @@ class FakeEngine:
         self.clock.now += self.cost
         return {"logits": feed["input_ids"].astype(np.float32) + self.offset}
 
+    def release_memory(self) -> None:
+        pass
+
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "precision": self.precision, "threads": self.threads}
 
