@@ -127,9 +127,10 @@ class ModelRegistry:
         self.observer.memory_budget(budget)
         loaded = resident_bytes() or 0
         share = max(int(budget * BATCH_MEMORY_SHARE) - loaded, 0) // len(self.models)
+        release_above = int(budget * RELEASE_MARK_SHARE)
         for served in self.models.values():
             estimate = BatchMemoryEstimate(served.runtime.manifest.hidden_size or DEFAULT_HIDDEN_SIZE)
-            served.batcher.use_memory_limit(share, estimate, int(budget * RELEASE_MARK_SHARE))
+            served.batcher.use_memory_limit(share, estimate, release_above)
             longest = served.runtime.manifest.max_length
             rows = estimate.rows_within(share, longest)
             log = logger.warning if rows < 1 else logger.info
@@ -140,7 +141,7 @@ class ModelRegistry:
                     "budget_mib": budget // 2**20,
                     "loaded_mib": loaded // 2**20,
                     "batch_limit_mib": share // 2**20,
-                    "release_above_mib": int(budget * RELEASE_MARK_SHARE) // 2**20,
+                    "release_above_mib": release_above // 2**20,
                     "rows_at_max_length": rows,
                     "max_length": longest,
                 },
