@@ -16,7 +16,9 @@ the dev score:
 * **Objective.** Finetune: listwise softmax cross-entropy over each list, the positive the target
   (``--rerank-loss bce`` for per-pair binary cross-entropy instead). Distill: the DistilBERT
   recipe the other tasks use, on each list's scores: ``alpha * T^2 * KL`` against the teacher's
-  (cached) list scores plus ``beta`` times the listwise cross-entropy.
+  (cached) list scores plus ``beta`` times the listwise cross-entropy, and with
+  ``--cosine-weight`` the cosine between the student's and the teacher's last hidden states of
+  every pair (``trainer.RerankDistillObjective``; the teacher then runs on every batch).
 * **Dev score.** MRR and accuracy (the positive ranked first) of the model's order of each dev or
   validation list, and with a teacher the agreement of the two top passages; it picks the kept
   checkpoint.
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
     import torch
 
     from distilserve.models.distill.cli import Settings
-    from distilserve.models.distill.losses import DistillWeights
 
 logger = logging.getLogger(__name__)
 
@@ -254,30 +255,6 @@ class RerankFinetuneObjective:
         return loss, {self.loss: float(loss.detach())}
 
 
-class RerankDistillObjective:
-    """``alpha * T^2 * KL`` against the teacher's list scores plus ``beta`` times the listwise CE."""
-
-    def __init__(self, teacher_scores: torch.Tensor, weights: DistillWeights, list_size: int) -> None:
-        if weights.cosine > 0:
-            raise ValueError("--cosine-weight is not supported for rerank (teacher scores are cached)")
-        self.teacher_scores = teacher_scores
-        self.weights = weights
-        self.list_size = list_size
-
-    def __call__(
-        self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        import torch
-
-        from distilserve.models.distill.losses import distillation_loss
-        from distilserve.models.distill.trainer import model_inputs
-
-        scores = _relevance(model(**model_inputs(batch)).logits, self.list_size)
-        target = self.teacher_scores[torch.as_tensor(indices, device=self.teacher_scores.device)]
-        positives = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-        return distillation_loss(scores, target, positives, self.weights)
-
-
 def attend_evenly_from_cls(model: Any) -> bool:
     """Zero the last layer's attention queries, so that every position, [CLS] included, starts by
     attending to all tokens evenly; returns whether the model has such a layer (BERT-style).
@@ -328,7 +305,12 @@ def train_reranker(settings: Settings) -> dict[str, Any]:
     )
     from distilserve.models.distill.squad import read_id_list, read_squad_questions, subsample_questions
     from distilserve.models.distill.student import build_student, num_layers
-    from distilserve.models.distill.trainer import EvalRecord, Objective, predict_logits
+    from distilserve.models.distill.trainer import (
+        EvalRecord,
+        Objective,
+        RerankDistillObjective,
+        predict_logits,
+    )
 
     if settings.best_metric in ("f1", "exact_match"):
         raise ValueError(
@@ -431,8 +413,14 @@ def train_reranker(settings: Settings) -> dict[str, Any]:
             )
             teacher_dev_metrics = list_metrics(teacher_dev)
         model = build_student(teacher, layers)
-        del teacher
-        objective = RerankDistillObjective(torch.as_tensor(train_scores, device=device), weights, list_size)
+        objective = RerankDistillObjective(
+            torch.as_tensor(train_scores, device=device),
+            weights,
+            list_size,
+            teacher if weights.cosine > 0 else None,
+        )
+        if weights.cosine == 0:
+            del teacher  # its scores are all the loss needs; free the memory
     else:
         model, layers = finetuned_model(settings, teacher, teacher_layers)
         objective = RerankFinetuneObjective(list_size, settings.rerank_loss)

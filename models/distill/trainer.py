@@ -185,6 +185,26 @@ class QuestionAnsweringDistillObjective(DistillObjective):
         return student.reshape(-1, width), target.reshape(-1, width), labels
 
 
+class RerankDistillObjective(DistillObjective):
+    """The distillation loss on each list's relevance scores, against the teacher's cached list
+    scores ``(lists, list_size)``: the positive (column 0) is the label of the listwise
+    cross-entropy. With ``weights.cosine`` the teacher runs on every batch for the cosine between
+    the last hidden states of every pair, DistilBERT's third term."""
+
+    def __init__(
+        self, teacher_logits: torch.Tensor, weights: DistillWeights, list_size: int, teacher: Any = None
+    ) -> None:
+        super().__init__(teacher_logits, weights, teacher)
+        self.list_size = list_size
+
+    def logits_and_targets(
+        self, outputs: Any, batch: dict[str, torch.Tensor], cached: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        scores = outputs.logits.float().reshape(-1, self.list_size)
+        positives = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        return scores, cached, positives
+
+
 def _pad_last_axis(rows: list[np.ndarray], fill: float) -> np.ndarray:
     """Stack rows whose last axis differs (span logits of windows of different lengths)."""
     width = max(row.shape[-1] for row in rows)

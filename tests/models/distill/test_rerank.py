@@ -14,7 +14,7 @@ import torch
 
 from distilserve.models.distill.cli import Settings, run
 from distilserve.models.distill.data import DataError
-from distilserve.models.distill.losses import listwise_softmax_ce, pointwise_bce
+from distilserve.models.distill.losses import DistillWeights, listwise_softmax_ce, pointwise_bce
 from distilserve.models.distill.rerank import (
     ArticleParagraphs,
     RerankFinetuneObjective,
@@ -24,7 +24,8 @@ from distilserve.models.distill.rerank import (
 )
 from distilserve.models.distill.run import TRAINING_RECORD, state_dir
 from distilserve.models.distill.squad import SquadQuestion, read_squad_questions
-from distilserve.models.distill.trainer import TrainOptions, predict_logits, train
+from distilserve.models.distill.student import build_student
+from distilserve.models.distill.trainer import RerankDistillObjective, TrainOptions, predict_logits, train
 from tests.models.distill.tiny_runs import tiny_settings
 from tests.tiny_models import ADJECTIVES, SUBJECTS, VERBS, Arch, TinyTask
 
@@ -244,6 +245,39 @@ def test_distilling_a_cross_encoder_follows_the_teacher(rerank_runs: dict[str, A
     assert all(entry["agreement"] is not None for entry in evaluations)
     assert record["best"]["agreement"] >= evaluations[0]["agreement"]
     assert not state_dir(rerank_runs["settings"]).exists()
+
+
+def test_the_distill_objective_scores_lists_and_adds_the_cosine_of_last_hidden_states(
+    rerank_runs: dict[str, Any], rerank_files: dict[str, Path]
+) -> None:
+    """KL and listwise CE on each list's scores, the positive the label; with a cosine weight the
+    teacher runs on the batch: a student of all the teacher's layers matches it (KL and cosine 0),
+    a one-layer student does not."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(rerank_runs["teacher"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(rerank_runs["teacher"])
+    questions = read_squad_questions(rerank_files["train"])
+    data = encode_lists(
+        tokenizer,
+        build_rerank_lists(questions[:6], ArticleParagraphs.of(questions), 2, 0, rerank_files["train"]),
+        32,
+    )
+    indices = [4, 1, 3]
+    batch = data.collate(indices, tokenizer.pad_token_id, torch.device("cpu"))
+    scores = torch.as_tensor(
+        predict_logits(teacher, data.pairs, pad_token_id=tokenizer.pad_token_id, device=torch.device("cpu"))
+    ).reshape(-1, data.list_size)
+    weights = DistillWeights(temperature=2.0, alpha=0.5, beta=0.5, cosine=1.0)
+    objective = RerankDistillObjective(scores, weights, data.list_size, teacher)
+
+    with torch.no_grad():
+        total, same = objective(build_student(teacher, [0, 1]).eval(), batch, indices)
+        _, one_layer = objective(build_student(teacher, [1]).eval(), batch, indices)
+    assert same["kd"] == pytest.approx(0.0, abs=1e-5) and same["cos"] == pytest.approx(0.0, abs=1e-5)
+    assert same["ce"] == pytest.approx(float(listwise_softmax_ce(scores[indices])), rel=1e-4)
+    assert float(total) == pytest.approx(0.5 * same["ce"], rel=1e-3)
+    assert one_layer["cos"] > 0.01
 
 
 def test_a_student_needs_a_one_logit_teacher(
