@@ -68,6 +68,9 @@ from distilserve.bench.report import DISTILSERVE, IN_PROCESS, PYTORCH, BenchRepo
 from distilserve.bench.server_metrics import scrape_batching, scrape_server_totals, server_side
 from distilserve.bench.servers import ManagedServer, ServerStartError, distilserve_server
 from distilserve.bench.workloads import (
+    CHAT_PASSAGES,
+    CHAT_PASSAGES_RERANKED,
+    RERANK_DOCUMENTS,
     Api,
     ChatWorkload,
     Workload,
@@ -143,6 +146,14 @@ class Settings(BaseSettings):
         500,
         ge=1,
         description="chat messages (SQuAD questions, each read against 5 passages) in the chat workload",
+    )
+    chat_retrieved: int = Field(
+        RERANK_DOCUMENTS,
+        ge=CHAT_PASSAGES_RERANKED,
+        description=(
+            "with --rerank-bundle, passages retrieved and reranked per chat turn before the best 3 are "
+            "read (the support assistant's --retrieve-k)"
+        ),
     )
     items_per_request: int = Field(
         1, ge=1, description="items (texts, QA pairs) per request; 1 is the online case the batcher is for"
@@ -370,7 +381,7 @@ def plan_chat(settings: Settings, report: BenchReport) -> ChatWorkload | None:
         return None
     present = [bundle for bundle in bundles if bundle is not None]
     classify, embed, qa = present
-    # With a reranker the turn is the assistant's default one: retrieve 20, rerank, read 3.
+    # With a reranker the turn is the assistant's: retrieve --chat-retrieved (20), rerank, read 3.
     rerank = settings.bundle_for("rerank")
     checked: list[tuple[Kind, Path]] = [*zip(kinds, present, strict=True)]
     if rerank is not None:
@@ -380,9 +391,19 @@ def plan_chat(settings: Settings, report: BenchReport) -> ChatWorkload | None:
         if task != KIND_TASKS[kind]:
             raise DataError(bundle, f"bundle serves {task}; the chat workload needs {KIND_TASKS[kind]}")
     workload = chat_workload(
-        classify, embed, qa, settings.data_dir, settings.chat_items, rerank_bundle=rerank
+        classify,
+        embed,
+        qa,
+        settings.data_dir,
+        settings.chat_items,
+        rerank_bundle=rerank,
+        retrieved=settings.chat_retrieved,
     )
-    stages = "rerank 20 passages, then answer over the first 3" if rerank else "answer over 5 passages"
+    stages = (
+        f"rerank {settings.chat_retrieved} passages, then answer over the first {CHAT_PASSAGES_RERANKED}"
+        if rerank
+        else f"answer over {CHAT_PASSAGES} passages"
+    )
     report.workloads[workload.name] = {
         "kind": "chat",
         "task": f"classify + embed, then {stages}",

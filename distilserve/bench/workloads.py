@@ -221,9 +221,10 @@ def chat_workload(
     data_dir: Path,
     limit: int | None = None,
     rerank_bundle: Path | None = None,
+    retrieved: int = RERANK_DOCUMENTS,
 ) -> ChatWorkload:
     """SQuAD dev questions, each with its own context and the next ``CHAT_PASSAGES - 1`` distinct
-    ones (with ``rerank_bundle``: ``RERANK_DOCUMENTS`` retrieved and reranked, the first
+    ones (with ``rerank_bundle``: ``retrieved`` (``RERANK_DOCUMENTS``) reranked, the first
     ``CHAT_PASSAGES_RERANKED`` read); tokens count every row of every model (each window of each passage)."""
     examples = read_squad(data_dir / SQUAD_DEV, limit)
     contexts = list(dict.fromkeys(example.context for example in examples))
@@ -234,7 +235,7 @@ def chat_workload(
         BundleTokens(qa_bundle),
     )
     reranker = BundleTokens(rerank_bundle) if rerank_bundle is not None else None
-    retrieved = min(RERANK_DOCUMENTS if reranker else CHAT_PASSAGES, len(contexts))
+    retrieved = min(retrieved if reranker else CHAT_PASSAGES, len(contexts))
     questions: list[str] = []
     passages: list[list[str]] = []
     reranked: list[list[str]] = []

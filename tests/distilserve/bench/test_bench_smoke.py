@@ -292,6 +292,10 @@ def test_with_a_reranker_a_chat_turn_reranks_the_retrieved_passages_before_readi
         ["/v1/answer"],
     ]
     assert json.loads(turn.stages[1][0].body) == {"query": question, "documents": workload.reranked[0]}
+    # --chat-retrieved: fewer passages retrieved and reranked, the same best 3 read of them.
+    fewer = chat_workload(classify, embed, reader, data_dir, limit=6, rerank_bundle=reranker, retrieved=4)
+    assert fewer.reranked == [documents[:4] for documents in workload.reranked]
+    assert fewer.passages == workload.passages
 
 
 def test_a_chat_turn_that_fails_counts_its_first_failing_status(
