@@ -231,10 +231,6 @@ def list_metrics(scores: np.ndarray, teacher_scores: np.ndarray | None = None) -
     return metrics
 
 
-def _relevance(scores: torch.Tensor, list_size: int) -> torch.Tensor:
-    return scores.float().reshape(-1, list_size)
-
-
 class RerankFinetuneObjective:
     """Listwise softmax cross-entropy (or per-pair BCE) over each list's scores."""
 
@@ -248,9 +244,9 @@ class RerankFinetuneObjective:
         self, model: Any, batch: dict[str, torch.Tensor], indices: list[int]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         from distilserve.models.distill.losses import listwise_softmax_ce, pointwise_bce
-        from distilserve.models.distill.trainer import model_inputs
+        from distilserve.models.distill.trainer import model_inputs, relevance_lists
 
-        scores = _relevance(model(**model_inputs(batch)).logits, self.list_size)
+        scores = relevance_lists(model(**model_inputs(batch)).logits, self.list_size)
         loss = listwise_softmax_ce(scores) if self.loss == "listwise" else pointwise_bce(scores)
         return loss, {self.loss: float(loss.detach())}
 

@@ -185,6 +185,12 @@ class QuestionAnsweringDistillObjective(DistillObjective):
         return student.reshape(-1, width), target.reshape(-1, width), labels
 
 
+def relevance_lists(logits: torch.Tensor, list_size: int) -> torch.Tensor:
+    """A cross-encoder's ``(pairs, 1)`` relevance logits as ``(lists, list_size)`` rows, in fp32
+    (the pairs are list-major, ``rerank.RerankLists``)."""
+    return logits.float().reshape(-1, list_size)
+
+
 class RerankDistillObjective(DistillObjective):
     """The distillation loss on each list's relevance scores, against the teacher's cached list
     scores ``(lists, list_size)``: the positive (column 0) is the label of the listwise
@@ -200,7 +206,7 @@ class RerankDistillObjective(DistillObjective):
     def logits_and_targets(
         self, outputs: Any, batch: dict[str, torch.Tensor], cached: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        scores = outputs.logits.float().reshape(-1, self.list_size)
+        scores = relevance_lists(outputs.logits, self.list_size)
         positives = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
         return scores, cached, positives
 
