@@ -18,7 +18,9 @@
 # Environment: DISTILSERVE (default .venv/bin/distilserve), DISTILSERVE_DATA_DIR (default
 # ../shared/data), RUNS (checkpoints, logs, eval; default runs/rerank), TRAIN_QUESTIONS (teacher
 # lists; default 2400, the full set is 87,599), STUDENT_QUESTIONS (default 0: no student),
-# NEGATIVES (hard negatives per list; default 3), MAX_LENGTH (pair tokens; default 160), EPOCHS (default 1),
+# NEGATIVES (hard negatives per list; default 3), STUDENT_NEGATIVES (the student's; default
+# NEGATIVES), STUDENT_CORPUS_NEGATIVES (how many of those are the BM25 best of the whole file,
+# other articles included: --corpus-negatives; default 0), MAX_LENGTH (pair tokens; default 160), EPOCHS (default 1),
 # PRECISION (fp32, or bf16 autocast for CPUs with AMX-BF16 or AVX512-BF16 and GPUs; default
 # fp32), EVAL_QUESTIONS (dev questions the final eval samples; default 500, all: 10570),
 # EVAL_EVERY (score the validation lists every N steps: the learning curve; default 100). A run
@@ -31,7 +33,7 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-parse_ship_reuse_args 28 "$@"
+parse_ship_reuse_args 30 "$@"
 
 CLI=${DISTILSERVE:-.venv/bin/distilserve}
 PY=$(dirname "$CLI")/python
@@ -40,6 +42,8 @@ RUNS=${RUNS:-runs/rerank}
 TRAIN_QUESTIONS=${TRAIN_QUESTIONS:-2400}
 STUDENT_QUESTIONS=${STUDENT_QUESTIONS:-0}
 NEGATIVES=${NEGATIVES:-3}
+STUDENT_NEGATIVES=${STUDENT_NEGATIVES:-$NEGATIVES}
+STUDENT_CORPUS_NEGATIVES=${STUDENT_CORPUS_NEGATIVES:-0}
 MAX_LENGTH=${MAX_LENGTH:-160}
 EPOCHS=${EPOCHS:-1}
 PRECISION=${PRECISION:-fp32}
@@ -80,7 +84,8 @@ if [ "$STUDENT_QUESTIONS" -gt 0 ]; then
     # After COMMON, so that the student's learning rate replaces the teacher's.
     timed student "$CLI" distill "$RUNS/teacher" --mode distill --output "$RUNS/student" \
       --max-train-samples "$STUDENT_QUESTIONS" "${COMMON[@]}" --student-layers 0 2 5 \
-      --temperature 2 --alpha 0.5 --beta 0.5 --cosine-weight 1.0 --lr 3e-4
+      --temperature 2 --alpha 0.5 --beta 0.5 --cosine-weight 1.0 --lr 3e-4 \
+      --negatives "$STUDENT_NEGATIVES" --corpus-negatives "$STUDENT_CORPUS_NEGATIVES"
   fi
   timed export-student "$CLI" export "$RUNS/student" --task rerank \
     --output "$BUNDLES/squad-reranker-l3-int8" --overwrite --openvino none

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
             "(a list is the positive and these)"
         ),
     )
+    corpus_negatives: int = Field(
+        0,
+        ge=0,
+        description=(
+            "rerank: how many of --negatives are the BM25 best paragraphs of the whole train file, "
+            "other articles included, as a retriever over the corpus finds them (the rest come from "
+            "the question's article)"
+        ),
+    )
     rerank_loss: Literal["listwise", "bce"] = Field(
         "listwise",
         description=(
@@ -199,6 +208,11 @@ def check_options(settings: Settings) -> None:
     if settings.task == "rerank":
         if settings.augment_copies:
             raise ValueError("--augment-copies is for text classification")
+        if settings.corpus_negatives > settings.negatives:
+            raise ValueError(
+                f"--corpus-negatives {settings.corpus_negatives} is more than the list's "
+                f"--negatives {settings.negatives}: they are part of them"
+            )
         if settings.validation_rows is not None and settings.dev_file is not None:
             raise ValueError(
                 "--validation-rows holds out training questions instead of --dev-file: give one of them"

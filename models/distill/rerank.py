@@ -68,8 +68,8 @@ class RerankList:
     question_id: str
     question: str
     passages: tuple[str, ...]
-    # How many of the negatives BM25 picked from the question's own article (the rest: random
-    # paragraphs of other articles, where the article was too small).
+    # How many of the negatives are paragraphs of the question's own article (the rest: corpus
+    # negatives from other articles, or random ones where the article was too small).
     article_negatives: int
 
 
@@ -118,16 +118,24 @@ def build_rerank_lists(
     negatives: int,
     seed: int,
     source: Path,
+    corpus_negatives: int = 0,
 ) -> list[RerankList]:
-    """One list per question: its paragraph, then its ``negatives`` hardest in-article paragraphs.
+    """One list per question: its paragraph, then ``negatives`` hard negatives.
 
+    The first ``corpus_negatives`` of them are the best BM25 hits for the question among *all* the
+    pool's paragraphs, as a retriever over the whole corpus finds them at serving time (the eval's
+    top 20 come from every dev article); the rest are the hardest paragraphs of its own article.
     ``pool`` holds every paragraph of the file (also those of questions left out of training), so
     that negatives are drawn from whole articles. A paragraph identical in text to the positive is
-    never a negative. Raises DataError for a question with no text, one whose paragraph is not in
-    the pool, or a pool too small for a list.
+    never a negative, and no passage appears twice in a list. Raises DataError for a question with
+    no text, one whose paragraph is not in the pool, or a pool too small for a list.
     """
     if negatives < 1:
         raise ValueError(f"a list needs at least one negative, got {negatives}")
+    if not 0 <= corpus_negatives <= negatives:
+        raise ValueError(
+            f"corpus negatives must be between 0 and the {negatives} negatives, got {corpus_negatives}"
+        )
     if pool.count < negatives + 1:
         raise DataError(
             source,
@@ -144,6 +152,20 @@ def build_rerank_lists(
     for index, question in enumerate(questions):
         by_article.setdefault(question.article, []).append(index)
     every_paragraph = [(article, text) for article, texts in pool.paragraphs.items() for text in texts]
+    corpus_picks: list[list[tuple[str, str]]] = [[] for _ in questions]
+    if corpus_negatives:
+        # Deep enough to skip the positive and its duplicates (the same text under several ids).
+        corpus_rankings = _bm25_rankings(
+            [text for _, text in every_paragraph],
+            [question.question for question in questions],
+            depth=corpus_negatives + 4,
+        )
+        for picks, question, ranking in zip(corpus_picks, questions, corpus_rankings, strict=True):
+            for rank in ranking:
+                article, text = every_paragraph[int(rank)]
+                if text != question.context and all(text != seen for _, seen in picks):
+                    picks.append((article, text))
+            del picks[corpus_negatives:]
     lists: list[RerankList | None] = [None] * len(questions)
     for article, indices in by_article.items():
         paragraphs = pool.paragraphs[article]
@@ -152,10 +174,13 @@ def build_rerank_lists(
         )
         for index, ranking in zip(indices, rankings, strict=True):
             question = questions[index]
-            chosen = [paragraphs[int(rank)] for rank in ranking if paragraphs[int(rank)] != question.context][
-                :negatives
-            ]
-            from_article = len(chosen)
+            picked = corpus_picks[index]
+            chosen = [text for _, text in picked]
+            for rank in ranking:
+                text = paragraphs[int(rank)]
+                if len(chosen) < negatives and text != question.context and text not in chosen:
+                    chosen.append(text)
+            from_article = sum(1 for other, _ in picked if other == article) + len(chosen) - len(picked)
             while len(chosen) < negatives:
                 # A small article: fill with random paragraphs of other articles (easy negatives).
                 other_article, text = every_paragraph[rng.randrange(len(every_paragraph))]
@@ -355,14 +380,26 @@ def train_reranker(settings: Settings) -> dict[str, Any]:
 
     started = time.perf_counter()
     train_lists = build_rerank_lists(
-        train_questions, pool, settings.negatives, settings.seed, settings.train_file
+        train_questions,
+        pool,
+        settings.negatives,
+        settings.seed,
+        settings.train_file,
+        settings.corpus_negatives,
     )
     train_set = encode_lists(tokenizer, train_lists, max_length)
     dev_set = None
     if dev_questions:
         dev_set = encode_lists(
             tokenizer,
-            build_rerank_lists(dev_questions, dev_pool, settings.negatives, settings.seed, dev_source),
+            build_rerank_lists(
+                dev_questions,
+                dev_pool,
+                settings.negatives,
+                settings.seed,
+                dev_source,
+                settings.corpus_negatives,
+            ),
             max_length,
         )
     list_size = settings.negatives + 1
@@ -447,7 +484,9 @@ def train_reranker(settings: Settings) -> dict[str, Any]:
             "excluded_ids": len(excluded),
             "lists": len(train_set),
             "list_size": list_size,
-            "negatives": "bm25 (bm25s, English stop words), other paragraphs of the same article",
+            "negatives": "bm25 (bm25s, English stop words): the best of all paragraphs (corpus), "
+            "then other paragraphs of the same article",
+            "corpus_negatives": settings.corpus_negatives,
             "negatives_from_other_articles": sum(
                 settings.negatives - entry.article_negatives for entry in train_lists
             ),

@@ -95,6 +95,33 @@ def test_small_articles_are_filled_from_other_articles_never_with_the_positive()
     assert len(set(entry.passages[1:])) == 3
 
 
+def test_corpus_negatives_come_first_from_every_article_and_the_rest_from_the_questions_own() -> None:
+    # The best BM25 hit of the whole pool for this question is in another article ("Tower").
+    towers = [
+        "The Eiffel Tower in Paris was finished in 1889, a tower of iron for a fair.",
+        "Bridges of stone.",
+    ]
+    pool = ArticleParagraphs({"France": ARTICLE, "Tower": towers})
+    questions = [question("q1", "France", "When was the Eiffel Tower in Paris finished?", ARTICLE[1])]
+    (entry,) = build_rerank_lists(
+        questions, pool, negatives=3, seed=0, source=Path("x.json"), corpus_negatives=1
+    )
+    assert entry.passages[0] == ARTICLE[1]
+    assert entry.passages[1] == towers[0]
+    # The other two are the article's best, never the positive again, no passage twice.
+    assert entry.passages[2] == ARTICLE[0] and set(entry.passages[2:]) <= set(ARTICLE) - {ARTICLE[1]}
+    assert len(set(entry.passages)) == 4
+    assert entry.article_negatives == 2
+    # Corpus negatives that land in the question's own article count as article negatives.
+    (inside,) = build_rerank_lists(
+        questions, pool, negatives=3, seed=0, source=Path("x.json"), corpus_negatives=3
+    )
+    assert inside.passages[1] == towers[0] and ARTICLE[1] not in inside.passages[1:]
+    assert inside.article_negatives == sum(passage in ARTICLE for passage in inside.passages[1:])
+    with pytest.raises(ValueError, match="between 0 and the 3 negatives"):
+        build_rerank_lists(questions, pool, negatives=3, seed=0, source=Path("x.json"), corpus_negatives=4)
+
+
 def test_bad_rerank_data_is_refused_with_the_reason(tmp_path: Path) -> None:
     pool = ArticleParagraphs({"France": ARTICLE[:2]})
     with pytest.raises(DataError, match="at least 4"):
@@ -173,8 +200,14 @@ def rerank_runs(
     folder = tmp_path_factory.mktemp("rerank-runs")
     teacher = rerank_settings(folder, minilm_base, rerank_files, mode="finetune", output=folder / "teacher")
     assert run(teacher) == 0
+    # The student's lists take one of their two negatives from the whole file (--corpus-negatives).
     student = rerank_settings(
-        folder, teacher.output, rerank_files, student_layers=[1], output=folder / "student"
+        folder,
+        teacher.output,
+        rerank_files,
+        student_layers=[1],
+        corpus_negatives=1,
+        output=folder / "student",
     )
     assert run(student) == 0
     return {"base": minilm_base, "teacher": teacher.output, "student": student.output, "settings": student}
@@ -234,6 +267,20 @@ def test_a_rerank_run_records_its_lists_and_scores(rerank_runs: dict[str, Any]) 
     assert all("mrr" in entry["metrics"] for entry in record["result"]["evaluations"])
     config = json.loads((rerank_runs["teacher"] / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1
+
+
+def test_the_students_record_says_where_its_negatives_come_from(rerank_runs: dict[str, Any]) -> None:
+    train = json.loads((rerank_runs["student"] / TRAINING_RECORD).read_text())["train"]
+    assert train["corpus_negatives"] == 1 and train["list_size"] == 3
+    assert "the best of all paragraphs (corpus)" in train["negatives"]
+
+
+def test_more_corpus_negatives_than_negatives_are_refused(
+    minilm_base: Path, rerank_files: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    settings = rerank_settings(tmp_path, minilm_base, rerank_files, mode="finetune", corpus_negatives=3)
+    assert run(settings) == 2
+    assert "--corpus-negatives 3 is more than the list's --negatives 2" in capsys.readouterr().err
 
 
 def test_distilling_a_cross_encoder_follows_the_teacher(rerank_runs: dict[str, Any]) -> None:
