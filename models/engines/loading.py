@@ -163,5 +163,11 @@ def _open_engine(
     probe = probe_batches(manifest, tokenizer)
     agreement = agreement_with(manifest, probe)
     return choose_engine(
-        [reference, candidate], probe, manifest.output_names, agreement, rounds=rounds, clock=clock
+        [reference, candidate],
+        probe,
+        manifest.output_names,
+        agreement,
+        rounds=rounds,
+        clock=clock,
+        widen_to=manifest.max_length,
     )

@@ -8,6 +8,13 @@ outputs are the agreement check, against ONNX Runtime's, with the export's int8 
 the task), then the engines are timed in interleaved rounds, so that a change of machine load
 hits all of them alike; the median round decides. A bundle made on one CPU may be served on
 another, so the choice is made where it is served, at load.
+
+Each timed round runs the batches at widths no earlier pass ran (``widen_to``: a few more padding
+tokens per round), because served traffic keeps bringing (rows, tokens) shapes an engine has not
+run, and OpenVINO's CPU plugin prepares its kernels per shape: on length-sorted batches (runs of
+equal shapes) its int8 ran all-MiniLM-L6-v2 at 1.46x ONNX Runtime's here (Intel Xeon with AMX),
+and one sentence at a time (a new length nearly every call) at 0.25x (BENCHMARKS.md, 2026-12-07,
+OpenVINO on AMX).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from distilserve.models.bundle import ParityCheck
 from distilserve.models.engines.base import Engine, EngineChoice
@@ -56,6 +65,22 @@ class EngineSelection:
         return asdict(self)
 
 
+def widened(batch: SampleBatch, extra: int, limit: int) -> SampleBatch:
+    """``batch`` with ``extra`` more padding tokens per row (masked out, so the same answers),
+    at most ``limit`` tokens wide: the same rows at a shape the engine has not run."""
+    width = batch.attention_mask.shape[1]
+    pad = max(0, min(width + extra, limit) - width)
+    if pad == 0:
+        return batch
+
+    def wider(array: np.ndarray) -> np.ndarray:
+        return np.pad(array, [(0, 0), (0, pad), *([(0, 0)] * (array.ndim - 2))])
+
+    feed = {name: wider(array) for name, array in batch.feed.items()}
+    context = None if batch.context_mask is None else wider(batch.context_mask)
+    return SampleBatch(feed, context)
+
+
 def time_engines(
     engines: Sequence[Engine],
     probe: Sequence[SampleBatch],
@@ -63,21 +88,28 @@ def time_engines(
     *,
     rounds: int = PROBE_ROUNDS,
     clock: Callable[[], float] = time.perf_counter,
+    widen_to: int | None = None,
 ) -> tuple[list[list[Outputs]], list[float]]:
     """Each engine's outputs on the probe (its warm-up pass) and its median timed pass, in seconds.
 
-    An engine whose graph is packed (a packed bundle's model.onnx) runs each batch packed, as it
-    will in the server, and answers in the padded layout the agreement check compares."""
+    With ``widen_to`` (the model's token limit), round ``r`` runs every batch ``r + 1`` tokens
+    wider than the warm-up did, so that each timed pass meets shapes new to the engine, as traffic
+    does (the module's docstring). An engine whose graph is packed (a packed bundle's model.onnx)
+    runs each batch packed, as it will in the server, and answers in the padded layout the
+    agreement check compares."""
 
     def run(engine: Engine, batch: SampleBatch) -> Outputs:
         return run_padded_feed(engine.run, engine.input_names, batch.feed, output_names)
 
     outputs = [[run(engine, batch) for batch in probe] for engine in engines]
     passes: list[list[float]] = [[] for _ in engines]
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        batches = (
+            probe if widen_to is None else [widened(batch, round_index + 1, widen_to) for batch in probe]
+        )
         for index, engine in enumerate(engines):
             started = clock()
-            for batch in probe:
+            for batch in batches:
                 run(engine, batch)
             passes[index].append(clock() - started)
     return outputs, [statistics.median(times) for times in passes]
@@ -91,12 +123,16 @@ def choose_engine(
     *,
     rounds: int = PROBE_ROUNDS,
     clock: Callable[[], float] = time.perf_counter,
+    widen_to: int | None = None,
 ) -> tuple[Engine, EngineSelection]:
     """The fastest of ``engines`` whose outputs pass ``agreement`` against the first one's (ONNX
-    Runtime, the reference, which always qualifies), and the figures that chose it."""
+    Runtime, the reference, which always qualifies), and the figures that chose it; ``widen_to``
+    as for ``time_engines``."""
     if not engines:
         raise ValueError("no engine to choose from")
-    outputs, medians = time_engines(engines, probe, output_names, rounds=rounds, clock=clock)
+    outputs, medians = time_engines(
+        engines, probe, output_names, rounds=rounds, clock=clock, widen_to=widen_to
+    )
     timings = [EngineTiming(engines[0].name, engines[0].precision, medians[0] * 1000.0)]
     qualified = [0]
     for index in range(1, len(engines)):
@@ -129,5 +165,6 @@ def choose_engine(
             f"{chosen.name} {chosen.precision}: {speedup:.2f}x {reference.name} {reference.precision}, "
             "agreeing with it; "
         )
-    reason += f"median pass over {rows} probe rows in {rounds} rounds: {figures}"
+    shapes = ", each round at new widths" if widen_to is not None else ""
+    reason += f"median pass over {rows} probe rows in {rounds} rounds{shapes}: {figures}"
     return chosen, EngineSelection(chosen.name, chosen.precision, "auto", reason, timings)

@@ -14,7 +14,7 @@ from distilserve.models.engines import loading
 from distilserve.models.engines.base import EngineName
 from distilserve.models.engines.loading import open_engine
 from distilserve.models.engines.openvino import run_precision
-from distilserve.models.engines.select import choose_engine
+from distilserve.models.engines.select import choose_engine, widened
 from distilserve.models.errors import BundleError
 from distilserve.models.export import openvino_form
 from distilserve.models.export.parity import Outputs, SampleBatch, make_check
@@ -111,6 +111,57 @@ def test_onnxruntime_stays_when_it_is_faster() -> None:
         [reference, slower], PROBE, ["logits"], close_enough, rounds=2, clock=clock
     )
     assert chosen is reference and "it was the fastest" in selection.reason
+
+
+class ShapePreparingEngine(FakeEngine):
+    """Like OpenVINO's CPU plugin: a batch of a width it has not run costs ``new_shape_cost``
+    (kernels prepared for the shape), one it has run costs ``cost``."""
+
+    def __init__(self, cost: float, new_shape_cost: float, clock: FakeClock) -> None:
+        super().__init__("openvino", "int8", cost, clock)
+        self.new_shape_cost = new_shape_cost
+        self.widths: list[int] = []
+
+    def run(
+        self, feed: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        width = feed["input_ids"].shape[1]
+        if width not in self.widths:
+            self.clock.now += self.new_shape_cost - self.cost
+        self.widths.append(width)
+        return super().run(feed, output_names)
+
+
+def test_timed_rounds_meet_new_shapes_so_an_engine_fast_only_on_seen_shapes_is_not_chosen() -> None:
+    clock = FakeClock()
+    reference = FakeEngine("onnxruntime", "int8", 0.010, clock)
+    preparing = ShapePreparingEngine(cost=0.004, new_shape_cost=0.030, clock=clock)
+    # Timed on the warm-up's shapes again, it looks 2.5x faster...
+    chosen, _ = choose_engine([reference, preparing], PROBE, ["logits"], close_enough, rounds=3, clock=clock)
+    assert chosen is preparing
+    # ...but each timed round at new widths (3 tokens, then 4, 5, 6) shows what traffic costs it.
+    preparing.widths.clear()
+    chosen, selection = choose_engine(
+        [reference, preparing], PROBE, ["logits"], close_enough, rounds=3, clock=clock, widen_to=6
+    )
+    assert chosen is reference and "each round at new widths" in selection.reason
+    assert preparing.widths == [3] * 3 + [4] * 3 + [5] * 3 + [6] * 3
+    # The limit caps the widening: past it a round runs the widest allowed shape again.
+    preparing.widths.clear()
+    choose_engine([reference, preparing], PROBE, ["logits"], close_enough, rounds=3, clock=clock, widen_to=4)
+    assert preparing.widths == [3] * 3 + [4] * 9
+
+
+def test_a_widened_batch_is_the_same_rows_with_masked_padding() -> None:
+    batch = SampleBatch(
+        feed={"input_ids": np.arange(1, 7).reshape(2, 3), "attention_mask": np.ones((2, 3), dtype=np.int64)},
+        context_mask=np.ones((2, 3), dtype=bool),
+    )
+    wide = widened(batch, 2, limit=512)
+    assert wide.feed["input_ids"].shape == (2, 5) and wide.context_mask is not None
+    assert (wide.feed["input_ids"][:, :3] == batch.feed["input_ids"]).all()
+    assert not wide.feed["attention_mask"][:, 3:].any() and not wide.context_mask[:, 3:].any()
+    assert widened(batch, 2, limit=3) is batch
 
 
 def test_bf16_only_where_the_cpu_has_it() -> None:
