@@ -16,6 +16,9 @@ from distilserve.models.packing import (
     assemble_packed,
     first_fit_decreasing,
     is_packed_graph,
+    SEGMENT_ALIGNMENT,
+    aligned_lengths,
+    packed_tokens,
     plan_cost,
     plan_packs,
     run_packed,
@@ -32,19 +35,19 @@ def row(length: int, start: int = 1) -> EncodedRow:
 def test_every_sequence_is_packed_once_within_the_row_capacity(seed: int) -> None:
     rng = random.Random(seed)
     lengths = [rng.randint(1, 200) for _ in range(rng.randint(1, 60))]
-    plan = plan_packs(lengths, row_tokens=128)
+    plan = plan_packs(lengths, row_tokens=128, alignment=1)
     assert sorted(index for members in plan for index in members) == list(range(len(lengths)))
     capacity = max(128, max(lengths))
     assert all(sum(lengths[index] for index in members) <= capacity for members in plan)
-    assert plan == plan_packs(lengths, row_tokens=128)  # deterministic
+    assert plan == plan_packs(lengths, row_tokens=128, alignment=1)  # deterministic
 
 
 def test_short_sequences_fill_the_rows_of_long_ones() -> None:
     # 100 and 90 cannot share a row; the short ones fill their gaps, longest first, in the
     # narrowest rows that still make two (115 and 110 tokens, not 128).
-    assert plan_packs([10, 100, 20, 90, 5], row_tokens=128) == [[1, 0, 4], [3, 2]]
+    assert plan_packs([10, 100, 20, 90, 5], row_tokens=128, alignment=1) == [[1, 0, 4], [3, 2]]
     # A sequence over the row size sets the widest row for everyone.
-    assert plan_packs([300, 150, 140], row_tokens=128) == [[0], [1, 2]]
+    assert plan_packs([300, 150, 140], row_tokens=128, alignment=1) == [[0], [1, 2]]
     assert plan_packs([], row_tokens=128) == []
     with pytest.raises(ValueError):
         plan_packs([3], row_tokens=0)
@@ -59,7 +62,7 @@ def test_sequences_of_one_length_are_not_packed_wider_than_they_need() -> None:
 def test_the_plan_is_the_cheapest_of_the_capacities_tried(seed: int) -> None:
     rng = random.Random(seed)
     lengths = [rng.randint(3, 70) for _ in range(32)]
-    cost = plan_cost(lengths, plan_packs(lengths, row_tokens=128))
+    cost = plan_cost(lengths, plan_packs(lengths, row_tokens=128, alignment=1))
     for capacity in (max(lengths), 64, 96, 128):
         if capacity >= max(lengths):
             assert cost <= plan_cost(lengths, first_fit_decreasing(lengths, capacity))
@@ -69,7 +72,7 @@ def test_the_plan_is_the_cheapest_of_the_capacities_tried(seed: int) -> None:
 
 def test_the_feed_is_block_diagonal_with_positions_per_sequence() -> None:
     sequences = [row(3, 10), row(1, 20), row(4, 30)]
-    packed = assemble_packed(sequences, pad_token_id=0, row_tokens=6, segment_starts=True)
+    packed = assemble_packed(sequences, pad_token_id=0, row_tokens=6, segment_starts=True, alignment=1)
     feed = packed.feed
     assert is_packed_graph(list(feed))
     # Rows of 4 (not 6): the 4-token sequence alone in row 0, the 3- and 1-token ones in row 1.
@@ -84,11 +87,45 @@ def test_the_feed_is_block_diagonal_with_positions_per_sequence() -> None:
 
 
 def test_padding_left_in_a_packed_row_attends_to_nothing() -> None:
-    packed = assemble_packed([row(5, 10), row(3, 20), row(1, 30)], pad_token_id=0, row_tokens=5)
+    packed = assemble_packed([row(5, 10), row(3, 20), row(1, 30)], pad_token_id=0, row_tokens=5, alignment=1)
     # Rows of 5: [5] and [3, 1] with one pad token, which sees nothing and is seen by nothing.
     assert packed.feed["input_ids"].tolist() == [[10, 11, 12, 13, 14], [20, 21, 22, 30, 0]]
     mask = packed.feed["attention_mask"]
     assert not mask[1, 4].any() and not mask[1, :, 4].any()
+
+
+def test_every_sequence_starts_at_a_multiple_of_the_alignment() -> None:
+    sequences = [row(3, 10), row(1, 20), row(6, 30), row(2, 40)]
+    packed = assemble_packed(sequences, pad_token_id=0, row_tokens=12, segment_starts=True, alignment=4)
+    assert all(offset % 4 == 0 for _, offset, _ in packed.segments)
+    # The 3 and the 1 share row 1 with one token of padding between them (the 1 starts at 4, not
+    # 3); the last sequence of a row takes its own length, so rows are 6 wide, not 8.
+    assert packed.segments == [(1, 0, 3), (1, 4, 1), (0, 0, 6), (2, 0, 2)]
+    assert packed.row_length == 6 and packed.packed_tokens == 18
+    assert packed.feed["input_ids"].tolist() == [
+        [30, 31, 32, 33, 34, 35],
+        [10, 11, 12, 0, 20, 0],
+        [40, 41, 0, 0, 0, 0],
+    ]
+    assert packed.feed[POSITION_IDS][1].tolist() == [0, 1, 2, 0, 0, 0]
+    mask = packed.feed["attention_mask"]
+    assert not mask[1, 3].any() and not mask[1, :, 3].any()  # the gap sees and is seen by nothing
+    assert mask[1, 4, 4] and not mask[1, 4, :4].any()
+    assert packed.feed[SEGMENT_STARTS].tolist() == [6, 10, 0, 12]
+    assert packed_tokens([3, 1, 6, 2], row_tokens=12, alignment=4) == 18
+    assert aligned_lengths([1, 4, 5], 4) == [4, 4, 8] and SEGMENT_ALIGNMENT == 4
+    with pytest.raises(ValueError):
+        aligned_lengths([1], 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aligned_plans_keep_rows_within_the_capacity(seed: int) -> None:
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 200) for _ in range(rng.randint(1, 60))]
+    plan = plan_packs(lengths, row_tokens=128)
+    assert sorted(index for members in plan for index in members) == list(range(len(lengths)))
+    slots = aligned_lengths(lengths, SEGMENT_ALIGNMENT)
+    assert all(sum(slots[index] for index in members) <= max(128, max(slots)) for members in plan)
 
 
 def fake_attention_model(feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
