@@ -12,12 +12,12 @@ import pytest
 from distilserve.models.batching import EncodedRow, assemble_batch
 from distilserve.models.packing import (
     POSITION_IDS,
+    SEGMENT_ALIGNMENT,
     SEGMENT_STARTS,
+    aligned_lengths,
     assemble_packed,
     first_fit_decreasing,
     is_packed_graph,
-    SEGMENT_ALIGNMENT,
-    aligned_lengths,
     packed_tokens,
     plan_cost,
     plan_packs,
