@@ -11,11 +11,11 @@ sequences is wider than ``row_tokens``.
 
 Each sequence starts at a multiple of ``SEGMENT_ALIGNMENT`` tokens. ONNX Runtime's fp32 kernels
 sum a sequence's attention over its keys in an order that depends on where in the row they sit:
-on an Intel Xeon with AMX a sentence packed after another one came out up to 1.5e-6 off its
-outputs alone (fp32), and the int8 graph's per-row quantization turned that into 0.14 on a token
-state (an embedding's cosine to itself alone fell to 0.9968 on STS-B), where the padded graph,
-which always starts a sequence at 0, changed by 0. Starting each one at a multiple of 4 made both
-graphs give exactly what they give alone (``distilserve eval --batch-invariance``).
+on an Intel Xeon with AMX, packed sentences came out up to 7.75e-7 off their outputs alone in
+fp32, and the int8 graph's per-row quantization turned that into 0.078 (an embedding's cosine to
+itself alone fell to 0.9968 on STS-B), where the padded graph, which always starts a sequence at
+0, changed by 0. Starting each one at a multiple of 4 made the int8 graph give exactly what it
+gives alone (``distilserve eval --batch-invariance``; BENCHMARKS.md, 2026-12-07 night).
 
 The packed graph (``distilserve export --graph-form``; the default for BERT-family checkpoints)
 takes ``position_ids`` and the 3-D mask beside ``input_ids`` and ``token_type_ids``. A task
@@ -120,12 +120,12 @@ def packed_tokens(
     plan = plan_packs(lengths, row_tokens, alignment)
     if not plan:
         return 0
-    return len(plan) * row_width(lengths, plan, alignment)
+    return len(plan) * row_width(lengths, aligned_lengths(lengths, alignment), plan)
 
 
-def row_width(lengths: Sequence[int], plan: Sequence[Sequence[int]], alignment: int) -> int:
-    """The widest row of a plan: every member's aligned length but the last one's own."""
-    slots = aligned_lengths(lengths, alignment)
+def row_width(lengths: Sequence[int], slots: Sequence[int], plan: Sequence[Sequence[int]]) -> int:
+    """The widest row of a plan: every member's slot (``aligned_lengths``) but the last one's,
+    which ends the row at its own length."""
     return max(sum(slots[index] for index in row[:-1]) + lengths[row[-1]] for row in plan)
 
 
@@ -174,7 +174,7 @@ def assemble_packed(
     lengths = [len(sequence) for sequence in sequences]
     plan = plan_packs(lengths, row_tokens, alignment)
     slots = aligned_lengths(lengths, alignment)
-    width = row_width(lengths, plan, alignment)
+    width = row_width(lengths, slots, plan)
     input_ids = np.full((len(plan), width), pad_token_id, dtype=np.int64)
     token_type_ids = np.zeros((len(plan), width), dtype=np.int64)
     position_ids = np.zeros((len(plan), width), dtype=np.int64)

@@ -165,7 +165,8 @@ def build_rerank_lists(
                 article, text = every_paragraph[int(rank)]
                 if text != question.context and all(text != seen for _, seen in picks):
                     picks.append((article, text))
-            del picks[corpus_negatives:]
+                    if len(picks) == corpus_negatives:
+                        break
     lists: list[RerankList | None] = [None] * len(questions)
     for article, indices in by_article.items():
         paragraphs = pool.paragraphs[article]

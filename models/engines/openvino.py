@@ -78,10 +78,10 @@ class OpenVinoEngine:
             # default, and requests come in every (rows, tokens) shape: on mixed traffic a server
             # grew from 400 MB to 2.1 GB in 1,563 requests (the slow soak), and a probe of 1,200
             # random shapes from 176 MB to 2.9 GB (AMD, AVX2). No cache at all (0) prepares them
-            # again on every call whose shape differs from the last: single sentences ran at 95/s
-            # against 252/s with 256 entries, and on the probe it held more memory, not less
-            # (1,851 MB after 400 shapes against 1,045 MB with 256 and 1,002 MB with 64; Intel
-            # with AMX, scripts/openvino_shape_memory.py). So the cache is kept, bounded.
+            # again on every call whose shape differs from the last: one sentence at a time ran at
+            # 0.25x ONNX Runtime (eval --speed-orders single), and the probe's 400 shapes took
+            # 49.8 s and held 1,851 MB, against 41.5 s and 1,045 MB with 256 entries (Intel with
+            # AMX, scripts/openvino_shape_memory.py; BENCHMARKS.md). So the cache is kept, bounded.
             "CPU_RUNTIME_CACHE_CAPACITY": str(OPENVINO_SHAPE_CACHE_ENTRIES),
         }
         if options.intra_op_threads > 0:
