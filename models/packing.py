@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -50,6 +51,10 @@ CAPACITY_STEP = 4
 SEGMENT_ALIGNMENT = 4
 SEGMENT_STARTS = "segment_starts"
 POSITION_IDS = "position_ids"
+# Plans kept by their lengths: the server's batcher costs a batch (its padding metric) on the
+# event loop, then the engine assembles the same batch on its thread; planning 32 sequences took
+# 0.4 ms, so the second planning of each batch is a cache hit instead.
+PLAN_CACHE_ENTRIES = 256
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -97,19 +102,25 @@ def plan_packs(
     capacity chosen, so no row is wider than ``max(row_tokens, longest)``, longest aligned."""
     if row_tokens < 1:
         raise ValueError(f"row_tokens must be at least 1, got {row_tokens}")
-    lengths = aligned_lengths(lengths, alignment)
-    if len(lengths) < 2:
-        return [[0]] if lengths else []
-    longest = max(lengths)
+    # Fresh lists each call: callers may change them, the cached tuples stay as planned.
+    return [list(row) for row in _cached_plan(tuple(lengths), row_tokens, alignment)]
+
+
+@lru_cache(maxsize=PLAN_CACHE_ENTRIES)
+def _cached_plan(lengths: tuple[int, ...], row_tokens: int, alignment: int) -> tuple[tuple[int, ...], ...]:
+    aligned = aligned_lengths(lengths, alignment)
+    if len(aligned) < 2:
+        return ((0,),) if aligned else ()
+    longest = max(aligned)
     widest = max(row_tokens, longest)
     best: list[list[int]] = []
     best_cost = float("inf")
     for capacity in [*range(longest, widest, CAPACITY_STEP), widest]:
-        plan = first_fit_decreasing(lengths, capacity)
-        cost = plan_cost(lengths, plan)
+        plan = first_fit_decreasing(aligned, capacity)
+        cost = plan_cost(aligned, plan)
         if cost < best_cost:
             best, best_cost = plan, cost
-    return best
+    return tuple(tuple(row) for row in best)
 
 
 def packed_tokens(

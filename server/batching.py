@@ -479,6 +479,8 @@ class DynamicBatcher:
                     job.trace.queue_s = now - job.enqueued_at
                 observer.queued(job.trace, self.model, job.enqueued_at, now)
         lengths = [queued.length for queued in batch]
+        # Planned here for the metric; the engine assembling the batch gets the same plan from
+        # packing's plan cache instead of planning it again.
         computed = packed_tokens(lengths) if self.packed else len(batch) * max(lengths)
         report = BatchReport(self.model, len(batch), sum(lengths), computed, traces)
         observer.batch_planned(report)

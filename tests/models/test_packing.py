@@ -70,6 +70,26 @@ def test_the_plan_is_the_cheapest_of_the_capacities_tried(seed: int) -> None:
     assert cost <= plan_cost(lengths, [[index] for index in range(len(lengths))])
 
 
+def test_a_batch_costed_then_assembled_is_planned_once_and_plans_stay_the_callers() -> None:
+    # The server's batcher costs a batch (packed_tokens) and the engine then assembles it: the
+    # second planning is the remembered plan, the same one, and changing a plan a caller got
+    # changes none handed out later.
+    from distilserve.models import packing
+
+    lengths = [37, 5, 18, 61, 9, 44, 23, 12, 30, 7, 52, 16]
+    packing._cached_plan.cache_clear()
+    costed = packed_tokens(lengths, row_tokens=128)
+    packed = assemble_packed([row(length) for length in lengths], pad_token_id=0, row_tokens=128)
+    info = packing._cached_plan.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    assert packed.packed_tokens == costed
+    first = plan_packs(lengths, row_tokens=128)
+    planned = [list(members) for members in first]
+    first[0].append(99)
+    first.append([98])
+    assert plan_packs(lengths, row_tokens=128) == planned
+
+
 def test_the_feed_is_block_diagonal_with_positions_per_sequence() -> None:
     sequences = [row(3, 10), row(1, 20), row(4, 30)]
     packed = assemble_packed(sequences, pad_token_id=0, row_tokens=6, segment_starts=True, alignment=1)
