@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from examples.support_assistant.client import DistilserveClient, Sentiment, Span
-from examples.support_assistant.knowledge import KnowledgeBase, Passage, load_passages
+from examples.support_assistant.knowledge import (
+    KnowledgeBase,
+    Passage,
+    Retrieval,
+    indexed_text,
+    load_passages,
+)
 
 I_DONT_KNOW = "I don't know."
 NEGATIVE_LABEL = "negative"
@@ -120,6 +126,7 @@ class Assistant:
         relevance_weight: float = 1.0,
         human_threshold: float = 0.95,
         index_timeout_s: float = 60.0,
+        retrieval: Retrieval = "embeddings",
     ) -> Assistant:
         """Cut the documentation into passages and embed them once (16 passages a request)."""
         passages = load_passages(docs_root, max_words)
@@ -133,12 +140,12 @@ class Assistant:
         # the reader reads.
         vectors = [
             await client.embed(
-                [f"{passage.section}: {passage.text}" for passage in passages[start : start + 16]],
+                [indexed_text(passage) for passage in passages[start : start + 16]],
                 index_timeout_s,
             )
             for start in range(0, len(passages), 16)
         ]
-        knowledge = KnowledgeBase(passages, np.concatenate(vectors))
+        knowledge = KnowledgeBase(passages, np.concatenate(vectors), retrieval)
         return cls(
             client,
             knowledge,
@@ -155,7 +162,7 @@ class Assistant:
         if not message:
             raise ValueError("the message is empty")
         sentiment, query = await asyncio.gather(self.client.classify(message), self.client.embed([message]))
-        hits = self.knowledge.search(query[0], self.retrieve_k)
+        hits = self.knowledge.search(query[0], self.retrieve_k, message)
         rerank_scores: list[float | None] = [None] * len(hits)
         if self.reranker:
             scores = await self.client.rerank(message, [passage.text for passage, _ in hits], self.reranker)

@@ -9,10 +9,12 @@ Each passage keeps its file and section title, so an answer can say where it cam
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +23,13 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 EMPHASIS = re.compile(r"(\*\*|__|`)")
 TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}")
+# How passages are retrieved for the reranker: by the embedding's cosine alone, or "hybrid", the
+# cosine's ranking fused with BM25's (reciprocal rank fusion), which finds passages that share a
+# rare word with the message (a flag, a file name) when the embedding misses them.
+Retrieval = Literal["embeddings", "hybrid"]
+# Reciprocal rank fusion's constant: a passage scores 1 / (RRF_K + rank) in each ranking (rank 1
+# the best), as Cormack, Clarke and Buettcher (2009) fuse rankings; 60 is their value.
+RRF_K = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,21 +145,85 @@ def load_passages(root: Path, max_words: int = 120) -> list[Passage]:
 
 
 class KnowledgeBase:
-    """Passages and their unit-length embeddings: retrieval is one matrix product."""
+    """Passages and their unit-length embeddings: retrieval is one matrix product (and, for
+    ``retrieval="hybrid"``, a BM25 index over the same texts)."""
 
-    def __init__(self, passages: Sequence[Passage], embeddings: npt.NDArray[np.float32]) -> None:
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        embeddings: npt.NDArray[np.float32],
+        retrieval: Retrieval = "embeddings",
+    ) -> None:
         if len(passages) != len(embeddings):
             raise ValueError(f"{len(passages)} passages but {len(embeddings)} embeddings")
         if not passages:
             raise ValueError("the knowledge base is empty")
         self.passages = list(passages)
         self.embeddings = normalise(embeddings)
+        self.retrieval = retrieval
+        self._lexical = (
+            LexicalIndex([indexed_text(passage) for passage in passages]) if retrieval == "hybrid" else None
+        )
 
-    def search(self, query: npt.NDArray[np.float32], top_k: int) -> list[tuple[Passage, float]]:
-        """The ``top_k`` passages by cosine similarity to ``query``, best first."""
+    def search(
+        self, query: npt.NDArray[np.float32], top_k: int, text: str | None = None
+    ) -> list[tuple[Passage, float]]:
+        """The ``top_k`` passages for the message embedded as ``query`` (whose words are ``text``),
+        best first, each with its cosine similarity: by the cosine, or fused with BM25's ranking
+        of ``text`` where the base is hybrid."""
         similarities = self.embeddings @ normalise(query[None, :])[0]
-        best = np.argsort(-similarities, kind="stable")[:top_k]
+        if self._lexical is None or text is None:
+            best = np.argsort(-similarities, kind="stable")[:top_k]
+        else:
+            fused = reciprocal_rank_fusion([similarities, self._lexical.scores(text)])
+            best = np.argsort(-fused, kind="stable")[:top_k]
         return [(self.passages[index], float(similarities[index])) for index in best]
+
+
+def indexed_text(passage: Passage) -> str:
+    """What a passage is retrieved by: its section title (which says what a terse passage is
+    about) and its text."""
+    return f"{passage.section}: {passage.text}"
+
+
+def reciprocal_rank_fusion(scores: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+    """Sum over rankings of 1 / (RRF_K + rank), rank 1 the best of each (ties by position)."""
+    fused = np.zeros(len(scores[0]), dtype=np.float64)
+    for ranking in scores:
+        order = np.argsort(-np.asarray(ranking, dtype=np.float64), kind="stable")
+        ranks = np.empty(len(order), dtype=np.float64)
+        ranks[order] = np.arange(1, len(order) + 1)
+        fused += 1.0 / (RRF_K + ranks)
+    return fused
+
+
+class LexicalIndex:
+    """BM25 over the passages (``bm25s``, English stop words), the lexical half of hybrid search."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        try:
+            import bm25s  # only for hybrid retrieval: installed with distilserve's [export] extra
+        except ImportError as exc:
+            raise RuntimeError(
+                "hybrid retrieval needs bm25s (pip install 'bm25s>=0.2,<0.4'); "
+                "or run with --retrieval embeddings"
+            ) from exc
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # one debug line per index build
+        self._bm25s = bm25s
+        self._index = bm25s.BM25()
+        self._index.index(self._tokens(texts), show_progress=False)
+        self.size = len(texts)
+
+    def _tokens(self, texts: Sequence[str]) -> Any:
+        return self._bm25s.tokenize(list(texts), stopwords="en", show_progress=False, return_ids=False)
+
+    def scores(self, text: str) -> npt.NDArray[np.float64]:
+        """BM25 score of every passage for ``text`` (0 where no word is shared)."""
+        (tokens,) = self._tokens([text])
+        if not tokens:  # only stop words: no lexical evidence either way
+            return np.zeros(self.size, dtype=np.float64)
+        return np.asarray(self._index.get_scores(tokens), dtype=np.float64)
 
 
 def normalise(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -7,21 +7,25 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from examples.support_assistant.knowledge import Retrieval
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Chosen by `python -m examples.support_assistant.calibrate` on the calibration split of
 # questions.json (103 messages: 86 answerable, 9 unanswerable, 8 hostile), against the default
-# server's models, with these defaults (20 passages retrieved, reranked by squad-reranker, the
-# best 3 read): the weight and threshold of best exact-match accuracy, answerable and
-# unanswerable questions together, as SQuAD 2.0's evaluation picks its no-answer threshold
-# (0.340 there, against 0.214 answering everything; 0.243 with the reader's score alone, 0.311
-# at w = 1, 0.320 at 2 and 3, 0.340 at 4, 0.330 at 6; without the reranker, reading the 5
-# nearest, the best was 0.252); the flag threshold of best flag accuracy (0.961: 5 of 8 hostile
-# messages flagged, 1 of 95 others). Both rounded down a little. The knowledge base is the
-# documentation, and the models are the shipped ones, so an edit to either can move these:
-# calibrate again.
-CALIBRATED_RELEVANCE_WEIGHT = 4.0
-CALIBRATED_THRESHOLD = 0.01287
+# server's models, with these defaults (20 passages retrieved by hybrid search, reranked by
+# squad-reranker, the best 3 read): the weight and threshold of best exact-match accuracy,
+# answerable and unanswerable questions together, as SQuAD 2.0's evaluation picks its no-answer
+# threshold (0.340 there, against 0.214 answering everything; 0.272 with the reader's score
+# alone, 0.301 at w = 1, 0.291 at 2, 0.320 at 3 and 4, 0.340 at 6); hybrid against embeddings
+# alone, the same server and settings otherwise, 0.340 against 0.330; the flag threshold of best
+# flag accuracy (0.961: 5 of 8 hostile messages flagged, 1 of 95 others), as calibrate printed
+# them. The knowledge base is the documentation, and the models are the shipped ones, so an
+# edit to either can move these: calibrate again (examples/support_assistant/README.md has the
+# run).
+CALIBRATED_RETRIEVAL: Retrieval = "hybrid"
+CALIBRATED_RELEVANCE_WEIGHT = 6.0
+CALIBRATED_THRESHOLD = 0.04381
 CALIBRATED_HUMAN_THRESHOLD = 0.99407
 
 
@@ -46,6 +50,11 @@ class AssistantSettings(BaseSettings):
     top_k: int = Field(3, ge=1, le=50, description="passages read per message (the reranker's best)")
     retrieve_k: int = Field(
         20, ge=1, le=200, description="passages retrieved by embedding per message, for the reranker to order"
+    )
+    retrieval: Retrieval = Field(
+        CALIBRATED_RETRIEVAL,
+        description="how the retrieve_k passages are found: embeddings (cosine) or hybrid (the cosine's "
+        "ranking fused with BM25's)",
     )
     reranker: str | None = Field(
         "squad-reranker",

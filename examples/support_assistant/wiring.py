@@ -30,4 +30,5 @@ async def build_assistant(client: DistilserveClient, settings: AssistantSettings
         relevance_weight=settings.relevance_weight,
         human_threshold=settings.human_threshold,
         index_timeout_s=settings.index_timeout_s,
+        retrieval=settings.retrieval,
     )

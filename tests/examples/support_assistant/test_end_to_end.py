@@ -72,9 +72,11 @@ async def test_documented_questions_are_answered_from_the_right_file(chat: httpx
         if replies[question.question]["known"]
         and exact_match(str(replies[question.question]["answer"]), question.answers)
     ]
-    assert len(correct) >= 8, {question: reply["answer"] for question, reply in replies.items()}
+    # 7 of 10 at the calibrated settings with the 3-layer reranker (8 with the 6-layer teacher
+    # before it; examples/support_assistant/README.md has both runs).
+    assert len(correct) >= 7, {question: reply["answer"] for question, reply in replies.items()}
     # Every reply names the passage it read; every right answer cites a file that states it.
-    # (A wrong answer given, 2 of 10 at the calibrated settings, is what the accuracy counts.)
+    # (A wrong answer given, 3 of 10 at the calibrated settings, is what the accuracy counts.)
     for question in ANSWERABLE:
         source = replies[question.question]["source"]
         assert isinstance(source, dict)

@@ -19,7 +19,14 @@ from examples.support_assistant.evaluation import (
     load_questions,
     normalize_answer,
 )
-from examples.support_assistant.knowledge import KnowledgeBase, Passage, load_passages, split_markdown
+from examples.support_assistant.knowledge import (
+    RRF_K,
+    KnowledgeBase,
+    Passage,
+    load_passages,
+    reciprocal_rank_fusion,
+    split_markdown,
+)
 from tests.conftest import REPO_ROOT
 
 MARKDOWN = """# Title
@@ -81,6 +88,39 @@ def test_search_ranks_by_cosine() -> None:
     assert hits[0][1] == pytest.approx(1.0 / np.hypot(0.1, 1.0))
     with pytest.raises(ValueError):
         KnowledgeBase(passages, np.zeros((2, 2), dtype=np.float32))
+
+
+def test_reciprocal_rank_fusion_sums_one_over_k_plus_rank() -> None:
+    fused = reciprocal_rank_fusion([np.array([0.9, 0.5, 0.1]), np.array([0.0, 2.0, 1.0])])
+    expected = [
+        1 / (RRF_K + 1) + 1 / (RRF_K + 3),
+        1 / (RRF_K + 2) + 1 / (RRF_K + 1),
+        1 / (RRF_K + 3) + 1 / (RRF_K + 2),
+    ]
+    assert fused == pytest.approx(expected)
+
+
+def test_hybrid_search_finds_a_rare_word_the_embedding_misses() -> None:
+    # The embedding ranks the flag's passage last; BM25 ranks it first for a message naming the
+    # flag, so the fused ranking lifts it into the top 2. Its cosine is still what is reported.
+    passages = [
+        Passage("a.md", "Serving", "The server batches requests from many clients."),
+        Passage("b.md", "Serving", "Requests are answered in order of arrival."),
+        Passage("c.md", "Flags", "Set --max-batch-tokens to bound a batch."),
+    ]
+    vectors = np.array([[1.0, 0.1], [0.9, 0.3], [0.0, 1.0]], dtype=np.float32)
+    query = np.array([1.0, 0.2], dtype=np.float32)
+    message = "what does --max-batch-tokens do to requests"
+    embeddings_only = KnowledgeBase(passages, vectors)
+    assert [p.source for p, _ in embeddings_only.search(query, 2, message)] == ["a.md", "b.md"]
+    hybrid = KnowledgeBase(passages, vectors, retrieval="hybrid")
+    hits = hybrid.search(query, 2, message)
+    assert "c.md" in [passage.source for passage, _ in hits]
+    cosines = dict(embeddings_only.search(query, 3))
+    assert all(similarity == pytest.approx(cosines[passage]) for passage, similarity in hits)
+    # Without the message's words (or with stop words alone) it is the embedding's ranking.
+    assert hybrid.search(query, 2) == embeddings_only.search(query, 2)
+    assert hybrid.search(query, 2, "what is the") == embeddings_only.search(query, 2)
 
 
 def candidate(answer: str, score: float, similarity: float) -> Candidate:
