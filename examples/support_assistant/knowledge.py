@@ -175,7 +175,10 @@ class KnowledgeBase:
         if self._lexical is None or text is None:
             best = np.argsort(-similarities, kind="stable")[:top_k]
         else:
-            fused = reciprocal_rank_fusion([similarities, self._lexical.scores(text)])
+            lexical = self._lexical.scores(text)
+            # A passage that shares no word with the message has no lexical rank: ranking those
+            # too would favour whichever come first in the documentation.
+            fused = reciprocal_ranks(similarities) + np.where(lexical > 0, reciprocal_ranks(lexical), 0.0)
             best = np.argsort(-fused, kind="stable")[:top_k]
         return [(self.passages[index], float(similarities[index])) for index in best]
 
@@ -186,15 +189,14 @@ def indexed_text(passage: Passage) -> str:
     return f"{passage.section}: {passage.text}"
 
 
-def reciprocal_rank_fusion(scores: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
-    """Sum over rankings of 1 / (RRF_K + rank), rank 1 the best of each (ties by position)."""
-    fused = np.zeros(len(scores[0]), dtype=np.float64)
-    for ranking in scores:
-        order = np.argsort(-np.asarray(ranking, dtype=np.float64), kind="stable")
-        ranks = np.empty(len(order), dtype=np.float64)
-        ranks[order] = np.arange(1, len(order) + 1)
-        fused += 1.0 / (RRF_K + ranks)
-    return fused
+def reciprocal_ranks(scores: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Each entry's term of reciprocal rank fusion, 1 / (RRF_K + rank), rank 1 the highest score
+    (ties by position); a fused ranking sums these over its rankings."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranks = np.empty(len(order), dtype=np.float64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    terms: npt.NDArray[np.float64] = 1.0 / (RRF_K + ranks)
+    return terms
 
 
 class LexicalIndex:

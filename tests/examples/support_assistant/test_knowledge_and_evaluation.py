@@ -24,7 +24,7 @@ from examples.support_assistant.knowledge import (
     KnowledgeBase,
     Passage,
     load_passages,
-    reciprocal_rank_fusion,
+    reciprocal_ranks,
     split_markdown,
 )
 from tests.conftest import REPO_ROOT
@@ -90,14 +90,10 @@ def test_search_ranks_by_cosine() -> None:
         KnowledgeBase(passages, np.zeros((2, 2), dtype=np.float32))
 
 
-def test_reciprocal_rank_fusion_sums_one_over_k_plus_rank() -> None:
-    fused = reciprocal_rank_fusion([np.array([0.9, 0.5, 0.1]), np.array([0.0, 2.0, 1.0])])
-    expected = [
-        1 / (RRF_K + 1) + 1 / (RRF_K + 3),
-        1 / (RRF_K + 2) + 1 / (RRF_K + 1),
-        1 / (RRF_K + 3) + 1 / (RRF_K + 2),
-    ]
-    assert fused == pytest.approx(expected)
+def test_reciprocal_ranks_are_one_over_k_plus_rank() -> None:
+    assert reciprocal_ranks(np.array([0.5, 0.9, 0.1, 0.5])) == pytest.approx(
+        [1 / (RRF_K + 2), 1 / (RRF_K + 1), 1 / (RRF_K + 4), 1 / (RRF_K + 3)]
+    )
 
 
 def test_hybrid_search_finds_a_rare_word_the_embedding_misses() -> None:
@@ -118,6 +114,10 @@ def test_hybrid_search_finds_a_rare_word_the_embedding_misses() -> None:
     assert "c.md" in [passage.source for passage, _ in hits]
     cosines = dict(embeddings_only.search(query, 3))
     assert all(similarity == pytest.approx(cosines[passage]) for passage, similarity in hits)
+    # A passage that shares no word with the message gains nothing from BM25: here only c.md
+    # does, so it rises to the top and a.md and b.md keep the embedding's 1/(K+1) and 1/(K+2).
+    three = hybrid.search(query, 3, "max-batch-tokens")
+    assert [passage.source for passage, _ in three] == ["c.md", "a.md", "b.md"]
     # Without the message's words (or with stop words alone) it is the embedding's ranking.
     assert hybrid.search(query, 2) == embeddings_only.search(query, 2)
     assert hybrid.search(query, 2, "what is the") == embeddings_only.search(query, 2)
